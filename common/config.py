@@ -1,0 +1,80 @@
+"""One settings object: every knob of the pipeline, read from `CVDB_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SelectMode = Literal["query", "largest"]
+
+
+class Settings(BaseSettings):
+    """Defaults are what a user on the real internet wants; tests override base URLs and models."""
+
+    model_config = SettingsConfigDict(env_prefix="CVDB_", extra="ignore")
+
+    # Where datasets go; an output folder may never resolve outside it.
+    data_root: Path = Path("data")
+
+    # Candidates: collect more than asked for, since filters and clustering drop many.
+    oversample: float = Field(3.0, ge=1.0, le=20.0)
+    max_candidates: int = Field(5000, ge=1)
+
+    # Download (aiohttp): concurrency, timeouts, caps, retries, network safety.
+    concurrency: int = Field(64, ge=1, le=1024)
+    per_host_concurrency: int = Field(8, ge=1, le=256)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+    total_timeout_s: float = Field(30.0, gt=0)
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_redirects: int = Field(3, ge=0, le=20)
+    retries: int = Field(2, ge=0, le=10)
+    retry_backoff_s: float = Field(0.5, ge=0)
+    max_retry_after_s: float = Field(30.0, ge=0)
+    allow_private_addresses: bool = False
+    allowed_ports: tuple[int, ...] = (80, 443, 8080, 8443, 8000)
+    honour_robots_tag: bool = True
+    user_agent: str = "cv-dataset-builder/0.1 (image dataset research tool; honours X-Robots-Tag noai)"
+
+    # Decode limits, applied from the header before any pixel is decoded.
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_side: int = Field(12_000, ge=1)
+
+    # Quality checks (each drops an image below/above its threshold).
+    min_side: int = Field(300, ge=1)
+    max_aspect_ratio: float = Field(3.0, ge=1.0)
+    min_sharpness: float = Field(100.0, ge=0)
+    sharpness_side: int = Field(512, ge=32)
+    dark_p99: float = Field(0.32, ge=0, le=1)
+    light_p5: float = Field(0.95, ge=0, le=1)
+    min_entropy: float = Field(3.0, ge=0, le=8)
+
+    # Duplicates.
+    phash_distance: int = Field(10, ge=0, le=64)
+    pixel_confirm_correlation: float = Field(0.90, ge=-1, le=1)
+    near_duplicate_cosine: float = Field(0.94, ge=0, le=1)
+
+    # CLIP.
+    model: str = "openai/clip-vit-base-patch32"
+    text_model: str | None = None
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+    prompt: str = "a photo of {query}"
+
+    # Clustering and selection.
+    eps: float = Field(0.18, gt=0, lt=2)
+    min_samples: int = Field(3, ge=1)
+    select: SelectMode = "query"
+
+    # Export.
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+    # Decode/quality threads in the local runner.
+    decode_workers: int = Field(2, ge=1, le=64)
+
+    def thresholds(self) -> dict[str, object]:
+        """Everything that decides what is kept, for report.json."""
+        return self.model_dump(mode="json")
