@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     # Export.
     jpeg_quality: int = Field(95, ge=1, le=100)
 
+    # Sources: every base URL is a setting so tests can point at a fake Naver on 127.0.0.1.
+    source: str = "naver"
+    source_order: tuple[str, ...] = ("naver", "naver-api", "naver-browser")
+    naver_search_url: str = "https://search.naver.com/search.naver"
+    naver_xhr_url: str = "https://s.search.naver.com/p/c/image/search.naver"
+    naver_api_url: str = "https://openapi.naver.com/v1/search/image"
+    naver_client_id: str | None = None
+    naver_client_secret: str | None = None
+    naver_page_delay_s: float = Field(1.0, ge=0)
+    chromium_path: str = "/usr/bin/chromium"
+    chromedriver_path: str = "/usr/bin/chromedriver"
+
     # Decode/quality threads in the local runner.
     decode_workers: int = Field(2, ge=1, le=64)
 

@@ -1,0 +1,112 @@
+"""`cvdb`: build an image dataset from one query, in one process, with no servers."""
+
+from __future__ import annotations
+
+import re
+import sys
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+err = Console(stderr=True)
+
+Opt = typer.Option
+
+
+def slug(query: str) -> str:
+    """An ASCII folder name for a query; Korean and other scripts get a stable hash."""
+    text = re.sub(r"[^A-Za-z0-9]+", "-", query).strip("-").lower()[:48]
+    return text or "dataset-" + hashlib.sha1(query.encode()).hexdigest()[:8]
+
+
+def make_settings(**overrides: Any) -> Any:
+    """Environment (CVDB_*) first, then every CLI option the user actually gave."""
+    from pydantic import ValidationError
+
+    from common.config import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid setting: {problems}", code=2)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]Error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def build(
+    query: Annotated[str, typer.Argument(help="What the images should show, e.g. \"red panda\" or \"고양이\".")],
+    source: Annotated[Optional[str], Opt(help="Where candidates come from: naver, naver-api, naver-browser, auto (try them in order) or urls.")] = None,
+    urls: Annotated[Optional[str], Opt(help="With --source urls: a file of image URLs, one per line, or - for stdin.")] = None,
+    limit: Annotated[int, Opt(min=1, max=5000, help="How many images to keep at most.")] = 50,
+    out: Annotated[Optional[Path], Opt(help="Output folder, inside the data folder (CVDB_DATA_ROOT). Default: <data>/<query>.")] = None,
+    select: Annotated[Optional[str], Opt(help="Which cluster to keep: query (best match for the query text) or largest (the original rule).")] = None,
+    model: Annotated[Optional[str], Opt(help="CLIP model: a Hugging Face name or a local folder saved with save_pretrained.")] = None,
+    text_model: Annotated[Optional[str], Opt(help="Text encoder aligned with CLIP's image space for non-English queries (sentence-transformers name or path).")] = None,
+    device: Annotated[Optional[str], Opt(help="auto (CUDA when present), cpu, cuda, cuda:1 ...")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Images per CLIP batch.")] = None,
+    oversample: Annotated[Optional[float], Opt(help="Collect this many times --limit candidates: filters drop many.")] = None,
+    eps: Annotated[Optional[float], Opt(help="DBSCAN radius in cosine distance (0.18 as the original).")] = None,
+    min_samples: Annotated[Optional[int], Opt(help="DBSCAN core size (3 as the original).")] = None,
+    min_side: Annotated[Optional[int], Opt(help="Drop images whose shorter side is below this many pixels.")] = None,
+    min_sharpness: Annotated[Optional[float], Opt(help="Drop images whose Laplacian variance (at 512 px) is below this.")] = None,
+    near_duplicate_cosine: Annotated[Optional[float], Opt(help="CLIP cosine at or above which two images count as copies.")] = None,
+    allow_private_addresses: Annotated[Optional[bool], Opt("--allow-private-addresses", help="Allow downloads from private and loopback addresses (off: they are refused).")] = None,
+    overwrite: Annotated[bool, Opt(help="Replace a dataset already in the output folder.")] = False,
+) -> None:
+    """Search, download, filter, embed, cluster and save a dataset: img_0001.jpg ... + manifest.jsonl + report.json."""
+    settings = make_settings(
+        source=source, select=select, model=model, text_model=text_model, device=device, batch_size=batch_size,
+        oversample=oversample, eps=eps, min_samples=min_samples, min_side=min_side, min_sharpness=min_sharpness,
+        near_duplicate_cosine=near_duplicate_cosine, allow_private_addresses=allow_private_addresses,
+    )
+    if not query.strip():
+        fail("the query is empty; say what the images should show", code=2)
+    from common.pipeline.export import OutputError, resolve_output
+
+    try:
+        out_dir = resolve_output(out or settings.data_root / slug(query), settings.data_root)
+    except OutputError as exc:
+        fail(str(exc), code=2)
+    run_build(query.strip(), limit, out_dir, settings, urls, overwrite)
+
+
+def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: str | None, overwrite: bool) -> None:
+    from common.console import RichProgress, print_summary
+    from common.pipeline.embed import ClipEmbedder, ModelLoadError
+    from common.pipeline.export import OutputError
+    from common.pipeline.run_local import BuildError, build as build_dataset, candidate_budget
+    from common.pipeline.sources import SourceError, search
+
+    try:
+        found = search(query, candidate_budget(limit, settings), settings, source=settings.source, urls_file=urls_file)
+        err.print(f"{len(found.candidates)} candidates from {found.served_by}")
+        with err.status(f"Loading CLIP model {settings.model} ..."):
+            embedder = ClipEmbedder(settings.model, settings.device, settings.text_model)
+        with RichProgress(err) as progress:
+            result = build_dataset(query, found.candidates, limit, out_dir, settings, embedder, progress, overwrite)
+    except (SourceError, ModelLoadError, OutputError) as exc:
+        fail(str(exc))
+    except BuildError as exc:
+        print_summary(err, exc.report)
+        fail(f"{exc} (details in {out_dir / 'report.json'})")
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was saved as complete", code=130)
+    print_summary(err, result.report)
+    typer.echo(f"Saved {result.kept} images to {result.out_dir}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Duplicate detection before clustering: exact pixels, confirmed perceptual hash, CLIP near-copies.
+
+A pHash match alone is never proof: distinct pictures of regular patterns (stripes, checks, text)
+collide under pHash, so a hash match must be confirmed by the pixels of normalised thumbnails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import imagehash
+import numpy as np
+from PIL import Image
+
+_THUMB_SIDE = 32
+_MARGIN = 3  # thumbnail pixels trimmed from each side of the template: room for light crops
+_SCALES = (1.0, 1.06, 1.12)  # how much larger a crop's content appears than in its original
+_BLOCK = 1024  # rows per block of pairwise comparisons: memory stays flat for 10k images
+
+REASONS = {
+    "duplicate_bytes": "the same file was already downloaded from another URL",
+    "duplicate_pixels": "identical pixels to a better copy",
+    "near_duplicate_phash": "perceptual hash and thumbnail pixels match a better copy",
+    "near_duplicate_embedding": "CLIP embedding nearly identical to a better copy",
+}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    pixel_md5: str
+    phash: int
+    thumb: np.ndarray  # small grey thumbnail (uint8), to confirm a pHash match by its pixels
+
+
+def fingerprint(image: Image.Image) -> Fingerprint:
+    """Signals that identify copies of one picture across resizing, re-encoding and light crops."""
+    pixel_md5 = hashlib.md5(image.tobytes()).hexdigest()
+    phash = int(str(imagehash.phash(image, hash_size=8)), 16)
+    thumb = np.asarray(image.convert("L").resize((_THUMB_SIDE, _THUMB_SIDE), Image.Resampling.BOX), np.uint8)
+    return Fingerprint(pixel_md5, phash, thumb)
+
+
+def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Best correlation of one thumbnail's centre anywhere in the other, at crop-like scales.
+
+    Resized and re-encoded copies score ~1 at scale 1; a lightly cropped copy lines up at a
+    small shift and scale. Distinct patterns differ in frequency, angle or colour and do not.
+    """
+    best = -1.0
+    for search, inner in ((a, b), (b, a)):
+        template = inner[_MARGIN:-_MARGIN, _MARGIN:-_MARGIN].astype(np.float32)
+        if float(template.std()) < 1e-3:
+            continue  # a flat template correlates with nothing; exact pixels decide those
+        for scale in _SCALES:
+            side = round(_THUMB_SIDE * scale)
+            grown = cv2.resize(search, (side, side), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            best = max(best, float(cv2.matchTemplate(grown, template, cv2.TM_CCOEFF_NORMED).max()))
+    return best
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def _hamming(block: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    xor = block[:, None] ^ hashes[None, :]
+    return np.unpackbits(xor.view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(axis=-1)
+
+
+def duplicate_pairs(
+    fingerprints: Sequence[Fingerprint],
+    embeddings: np.ndarray,
+    phash_distance: int,
+    pixel_correlation: float,
+    embedding_cosine: float,
+) -> list[tuple[int, int, str]]:
+    """Every pair (i < j) that counts as a copy, with the signal that proved it."""
+    n = len(fingerprints)
+    hashes = np.array([f.phash for f in fingerprints], dtype=np.uint64)
+    pairs: list[tuple[int, int, str]] = []
+    for start in range(0, n, _BLOCK):
+        rows = slice(start, min(n, start + _BLOCK))
+        near_vector = embeddings[rows] @ embeddings.T >= embedding_cosine
+        near_hash = _hamming(hashes[rows], hashes) <= phash_distance
+        for local_i, j in zip(*np.nonzero(near_vector | near_hash)):
+            i, j = start + int(local_i), int(j)
+            if j > i:
+                reason = _pair_reason(fingerprints[i], fingerprints[j], bool(near_vector[local_i, j]),
+                                      bool(near_hash[local_i, j]), pixel_correlation)
+                if reason:
+                    pairs.append((i, j, reason))
+    return pairs
+
+
+def _pair_reason(a: Fingerprint, b: Fingerprint, near_vector: bool, near_hash: bool, threshold: float) -> str | None:
+    if a.pixel_md5 == b.pixel_md5:
+        return "duplicate_pixels"
+    if near_hash and aligned_correlation(a.thumb, b.thumb) >= threshold:
+        return "near_duplicate_phash"  # a hash match confirmed by the pixels
+    return "near_duplicate_embedding" if near_vector else None
+
+
+def choose_keepers(pairs: list[tuple[int, int, str]], quality: Sequence[tuple[float, ...]]) -> dict[int, tuple[int, str]]:
+    """Group copies; keep the best of each group (by the quality tuple, e.g. pixels then sharpness).
+
+    Returns {dropped index: (kept index, reason)}.
+    """
+    groups = _UnionFind(len(quality))
+    reason_of: dict[int, str] = {}
+    for i, j, reason in pairs:
+        groups.union(i, j)
+        reason_of.setdefault(i, reason)
+        reason_of.setdefault(j, reason)
+    members: dict[int, list[int]] = {}
+    for i in reason_of:
+        members.setdefault(groups.find(i), []).append(i)
+    dropped: dict[int, tuple[int, str]] = {}
+    for group in members.values():
+        best = max(group, key=lambda k: (quality[k], -k))
+        for k in group:
+            if k != best:
+                dropped[k] = (best, reason_of[k])
+    return dropped

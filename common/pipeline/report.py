@@ -1,0 +1,103 @@
+"""report.json: counts per stage and drop reason, every URL's outcome, thresholds, clusters, versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from common.config import Settings
+
+if TYPE_CHECKING:
+    from common.pipeline.accept import StagedImage
+    from common.pipeline.cluster import Selection
+    from common.pipeline.collect import Collected
+    from common.pipeline.embed import ClipEmbedder
+
+_DOWNLOAD_STAGE = {"duplicate_url", "invalid_url", "blocked_address", "timeout", "connection_error",
+                   "too_many_redirects", "too_large", "not_an_image", "robots_noai", "empty_body"}
+_QUALITY_STAGE = {"decode_error", "truncated", "decompression_bomb", "too_small", "bad_aspect_ratio",
+                  "blurry", "too_dark", "washed_out", "low_information"}
+_DUPLICATE_STAGE = {"duplicate_bytes", "duplicate_pixels", "near_duplicate_phash", "near_duplicate_embedding"}
+_PACKAGES = ("torch", "transformers", "scikit-learn", "numpy", "pillow", "opencv-python", "ImageHash", "aiohttp")
+
+
+def stage_of(reason: str) -> str:
+    if reason in _DOWNLOAD_STAGE or reason.startswith("http_"):
+        return "download"
+    if reason in _QUALITY_STAGE:
+        return "quality"
+    if reason in _DUPLICATE_STAGE:
+        return "duplicates"
+    return "selection"
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in _PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def stage_counts(candidates: int, dropped: Counter[str], kept: int) -> dict[str, int]:
+    per_stage: Counter[str] = Counter()
+    for reason, n in dropped.items():
+        per_stage[stage_of(reason)] += n
+    downloaded = candidates - per_stage["download"]
+    passed_quality = downloaded - per_stage["quality"]
+    unique = passed_quality - per_stage["duplicates"]
+    return {"candidates": candidates, "downloaded": downloaded, "passed_quality": passed_quality,
+            "unique": unique, "kept": kept}
+
+
+def build_report(
+    query: str, limit: int, settings: Settings, embedder: ClipEmbedder, collected: Collected,
+    selection: Selection, kept: list[StagedImage], timings: dict[str, float],
+) -> dict[str, Any]:
+    outcomes = list(collected.outcomes.values())
+    dropped = Counter(o.reason for o in outcomes if o.status == "dropped" and o.reason)
+    return {
+        "query": query,
+        "prompt": settings.prompt.format(query=query),
+        "limit": limit,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "status": "done" if kept else "failed",
+        "counts": stage_counts(len(outcomes), dropped, len(kept)),
+        "dropped": dict(dropped.most_common()),
+        "select": settings.select,
+        "chosen_cluster": selection.chosen.id if selection.chosen else None,
+        "selection_reason": selection.reason,
+        "clusters": [c.to_dict() for c in selection.clusters],
+        "thresholds": settings.thresholds(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "model": embedder.describe(),
+        "versions": library_versions(),
+        "outcomes": [o.to_dict() for o in outcomes],
+    }
+
+
+def _top(dropped: dict[str, int], stage: str) -> str:
+    reasons = [f"{r} x{n}" for r, n in dropped.items() if stage_of(r) == stage][:4]
+    return ", ".join(reasons)
+
+
+def failure_message(report: dict[str, Any]) -> str:
+    """Why nothing was kept, said at the first stage that lost everything, with what to try."""
+    counts, dropped = report["counts"], report["dropped"]
+    thresholds = report["thresholds"]
+    if counts["candidates"] == 0:
+        return "no candidates: the source returned no image URLs; check the query or the URL list"
+    if counts["downloaded"] == 0:
+        return (f"none of the {counts['candidates']} candidates could be downloaded "
+                f"({_top(dropped, 'download')}); check the URLs and the network")
+    if counts["passed_quality"] == 0:
+        return (f"all {counts['downloaded']} downloaded images failed the quality checks "
+                f"({_top(dropped, 'quality')}); relax --min-side / --min-sharpness if they are too strict")
+    return (f"no cluster: {counts['unique']} unique images passed the checks, but no group of "
+            f"{thresholds['min_samples']} lies within eps {thresholds['eps']} of each other; "
+            "collect more candidates (--limit, --oversample) or raise --eps")

@@ -1,0 +1,159 @@
+"""All stages in one process: candidates -> staged images -> duplicates -> clusters -> dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import Settings
+from common.pipeline import cluster, dedup, export
+from common.pipeline.accept import StagedImage
+from common.pipeline.collect import Collected, collect
+from common.pipeline.embed import ClipEmbedder
+from common.pipeline.progress import Progress, SilentProgress
+from common.pipeline.records import Candidate
+from common.pipeline.report import build_report, failure_message
+
+
+class BuildError(Exception):
+    """Nothing could be kept; `report` says why, per URL."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: Path
+    kept: int
+    report: dict[str, Any]
+
+
+def candidate_budget(limit: int, settings: Settings) -> int:
+    """How many candidates to collect: filters and clustering drop many, so oversample."""
+    return min(settings.max_candidates, max(limit, int(limit * settings.oversample)))
+
+
+def build(
+    query: str,
+    candidates: Sequence[Candidate],
+    limit: int,
+    out_dir: Path,
+    settings: Settings,
+    embedder: ClipEmbedder,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> BuildResult:
+    """Run every stage; raise BuildError (after writing report.json) when nothing is kept."""
+    progress = progress or SilentProgress()
+    export.prepare_output(out_dir, overwrite)
+    staging = out_dir / export.STAGING
+    staging.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    by_url = {c.url: c for c in candidates}
+    try:
+        started = time.perf_counter()
+        collected = collect(list(by_url), settings, embedder, staging, progress)
+        timings["download_filter_embed"] = time.perf_counter() - started
+        timings["embed_only"] = collected.embed_seconds
+        kept, selection, query_sims = _select(query, limit, collected, settings, embedder, progress, timings)
+        report = build_report(query, limit, settings, embedder, collected, selection, kept, timings)
+        if not kept:
+            export.write_failure_report(out_dir, report)
+            raise BuildError(failure_message(report), report)
+        started = time.perf_counter()
+        rows = [_manifest_row(query, i + 1, s, by_url[s.url], query_sims[s.url], selection) for i, s in enumerate(kept)]
+        export.write_dataset(out_dir, [s.path for s in kept], rows, report)
+        report["timings_s"]["export"] = round(time.perf_counter() - started, 3)
+        progress.log(f"Saved {len(kept)} images to {out_dir}")
+        return BuildResult(out_dir, len(kept), report)
+    finally:
+        export.remove_staging(out_dir)
+
+
+def _select(
+    query: str, limit: int, collected: Collected, settings: Settings, embedder: ClipEmbedder,
+    progress: Progress, timings: dict[str, float],
+) -> tuple[list[StagedImage], cluster.Selection, dict[str, float]]:
+    """Remove duplicates, cluster, pick a cluster, keep its `limit` best matches."""
+    order = sorted(range(len(collected.staged)), key=lambda i: collected.staged[i].source_sha256)
+    staged = [collected.staged[i] for i in order]  # stable order: DBSCAN border points depend on it
+    vectors = collected.matrix(embedder.dim)[order]
+    progress.start("dedup", len(staged))
+    started = time.perf_counter()
+    pairs = dedup.duplicate_pairs([s.fingerprint for s in staged], vectors, settings.phash_distance,
+                                  settings.pixel_confirm_correlation, settings.near_duplicate_cosine)
+    for index, (keeper, reason) in dedup.choose_keepers(pairs, [s.quality_rank for s in staged]).items():
+        collected.drop(staged[index].url, reason, f"copy of {staged[keeper].url}", sha256=staged[index].source_sha256)
+    unique = [i for i, s in enumerate(staged) if collected.outcomes[s.url].status != "dropped"]
+    timings["dedup"] = time.perf_counter() - started
+    progress.finish("dedup")
+
+    progress.start("cluster", len(unique))
+    started = time.perf_counter()
+    query_vector = embedder.embed_texts([settings.prompt.format(query=query)])[0]
+    sims = vectors[unique] @ query_vector if unique else np.zeros(0)
+    labels = cluster.cluster_labels(vectors[unique], settings.eps, settings.min_samples)
+    summaries = cluster.summarise(labels, vectors[unique], query_vector, embedder.logit_scale)
+    selection = cluster.choose(summaries, settings.select, embedder.logit_scale)
+    kept = _keep(unique, labels, sims, staged, selection, limit, collected)
+    timings["cluster"] = time.perf_counter() - started
+    progress.finish("cluster")
+    return kept, selection, {staged[i].url: float(s) for i, s in zip(unique, sims)}
+
+
+def _keep(
+    unique: list[int], labels: np.ndarray, sims: np.ndarray, staged: list[StagedImage],
+    selection: cluster.Selection, limit: int, collected: Collected,
+) -> list[StagedImage]:
+    chosen = selection.chosen.id if selection.chosen else None
+    ranked = sorted(range(len(unique)), key=lambda k: (-sims[k], staged[unique[k]].source_sha256))
+    kept: list[StagedImage] = []
+    for k in ranked:
+        image, label = staged[unique[k]], int(labels[k])
+        outcome = collected.outcomes[image.url]
+        outcome.sha256, outcome.extra["cluster"] = image.source_sha256, label
+        if label == -1:
+            collected.drop(image.url, "no_cluster", "not close enough to any group of similar images")
+        elif label != chosen:
+            collected.drop(image.url, "other_cluster", f"belongs to cluster {label}, not the chosen {chosen}")
+        elif len(kept) >= limit:
+            collected.drop(image.url, "over_limit", f"cluster has more than --limit {limit} images")
+        else:
+            outcome.status = "kept"
+            kept.append(image)
+    return kept
+
+
+def _manifest_row(
+    query: str, index: int, image: StagedImage, candidate: Candidate, query_similarity: float,
+    selection: cluster.Selection,
+) -> dict[str, Any]:
+    return {
+        "query": query,
+        "file": export.file_name(index),
+        "source": candidate.source,
+        "url": image.url,
+        "source_page": candidate.source_page,
+        "title": candidate.title,
+        "rank": candidate.rank,
+        "sha256": _sha256_file(image.path),
+        "source_sha256": image.source_sha256,
+        "source_format": image.image_format,
+        "width": image.width,
+        "height": image.height,
+        "cluster": selection.chosen.id if selection.chosen else None,
+        "query_similarity": round(query_similarity, 4),
+        "scores": image.scores,
+    }
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,125 @@
+"""Duplicates (exact, confirmed pHash, embedding) and cluster selection on plain arrays."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.devkit import planted
+from common.pipeline import cluster, dedup
+
+
+def _stripes(period: float, angle: float, phase: float, colours: tuple[int, int]) -> Image.Image:
+    yy, xx = np.mgrid[0:360, 0:480].astype(np.float32)
+    wave = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period + phase) > 0
+    grey = np.where(wave, colours[0], colours[1]).astype(np.uint8)
+    return Image.fromarray(np.stack([grey, grey // 2 + 60, 255 - grey], axis=-1))
+
+
+def _checks(cell: int, offset: int) -> Image.Image:
+    yy, xx = np.mgrid[0:360, 0:480]
+    board = ((((xx + offset) // cell) + ((yy + offset) // cell)) % 2 * 200 + 30).astype(np.uint8)
+    return Image.fromarray(np.stack([board, board, board // 3], axis=-1))
+
+
+PATTERNS = [
+    _stripes(24, 0.0, 0.0, (230, 20)), _stripes(24, 0.0, 0.0, (120, 250)), _stripes(30, 0.0, 1.0, (200, 40)),
+    _stripes(24, 0.05, 0.5, (220, 30)), _checks(40, 0), _checks(52, 20), _checks(64, 10), _checks(30, 5),
+]
+
+
+def _reencode(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _pairs(images: list[Image.Image]) -> list[tuple[int, int, str]]:
+    no_embeddings = np.eye(len(images), dtype=np.float32)  # orthogonal: the embedding signal stays silent
+    return dedup.duplicate_pairs([dedup.fingerprint(im) for im in images], no_embeddings, 10, 0.90, 0.94)
+
+
+def test_distinct_patterns_collide_under_phash_but_survive() -> None:
+    prints = [dedup.fingerprint(im) for im in PATTERNS]
+    collisions = sum(
+        bin(a.phash ^ b.phash).count("1") <= 10 for i, a in enumerate(prints) for b in prints[i + 1 :]
+    )
+    assert collisions >= 1, "the fixture must contain pHash collisions to prove anything"
+    assert _pairs(PATTERNS) == []
+
+
+def test_real_copies_are_found() -> None:
+    original = planted.photo(30, (640, 480))
+    resized = original.resize((400, 300), Image.Resampling.LANCZOS)
+    reencoded = _reencode(original, 55)
+    cropped = original.crop((16, 12, 624, 468))
+    other = planted.photo(31, (640, 480))
+    pairs = _pairs([original, resized, reencoded, cropped, other])
+    linked = {j for i, j, _ in pairs if i == 0}
+    assert linked == {1, 2, 3}
+    assert all(reason == "near_duplicate_phash" for *_, reason in pairs)
+
+
+def test_exact_pixels_and_embedding_near_copies() -> None:
+    image = planted.photo(32)
+    vectors = np.array([[1, 0, 0], [1, 0, 0], [0.96, 0.28, 0], [0, 1, 0]], np.float32)
+    prints = [dedup.fingerprint(image), dedup.fingerprint(image.copy()),
+              dedup.fingerprint(planted.photo(33)), dedup.fingerprint(planted.photo(34))]
+    reasons = {(i, j): r for i, j, r in dedup.duplicate_pairs(prints, vectors, 10, 0.9, 0.94)}
+    assert reasons[(0, 1)] == "duplicate_pixels"
+    assert reasons[(0, 2)] == "near_duplicate_embedding"
+    assert (0, 3) not in reasons and (2, 3) not in reasons
+
+
+def test_the_best_copy_is_kept() -> None:
+    pairs = [(0, 1, "near_duplicate_phash"), (1, 2, "near_duplicate_embedding")]
+    quality = [(100.0, 50.0), (400.0, 10.0), (400.0, 90.0), (1.0, 1.0)]
+    dropped = dedup.choose_keepers(pairs, quality)
+    assert dropped == {0: (2, "near_duplicate_phash"), 1: (2, "near_duplicate_phash")}
+
+
+def _blob(rng: np.random.Generator, centre: np.ndarray, n: int, spread: float) -> np.ndarray:
+    points = centre + rng.normal(0, spread, (n, centre.size))
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+@pytest.fixture()
+def two_groups() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A target group of 10 and an off-topic group of 18, both tight; a query near the target."""
+    rng = np.random.default_rng(0)
+    target, other = np.eye(16)[0], np.eye(16)[1]
+    vectors = np.concatenate([_blob(rng, target, 10, 0.05), _blob(rng, other, 18, 0.05)])
+    # Real CLIP's modality gap: the query matches the target at ~0.30 and the other group at ~0.20.
+    query = 0.30 * target + 0.20 * other + 0.93 * np.eye(16)[5]
+    return vectors.astype(np.float32), (query / np.linalg.norm(query)).astype(np.float32), np.array([0] * 10 + [1] * 18)
+
+
+def test_query_selection_beats_a_bigger_off_topic_group(two_groups: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    vectors, query, truth = two_groups
+    labels = cluster.cluster_labels(vectors, eps=0.18, min_samples=3)
+    summaries = cluster.summarise(labels, vectors, query, logit_scale=100.0)
+    assert len(summaries) == 2
+    by_query = cluster.choose(summaries, "query", 100.0)
+    by_size = cluster.choose(summaries, "largest", 100.0)
+    target_label = labels[truth == 0][0]
+    assert by_query.chosen is not None and by_query.chosen.id == target_label
+    assert by_size.chosen is not None and by_size.chosen.id != target_label
+    assert "matches the query less" in by_query.reason
+
+
+def test_raw_similarity_times_size_would_pick_the_wrong_group(two_groups: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Why the logit scale matters: size x raw cosine favours a look-alike group more than 1.5x bigger."""
+    vectors, query, truth = two_groups
+    naive = {g: (truth == g).sum() * float((vectors[truth == g] @ query).mean()) for g in (0, 1)}
+    assert naive[1] > naive[0]
+
+
+def test_no_cluster_is_an_explained_outcome() -> None:
+    vectors = np.eye(8, dtype=np.float32)
+    labels = cluster.cluster_labels(vectors, 0.18, 3)
+    selection = cluster.choose(cluster.summarise(labels, vectors, vectors[0], 100.0), "query", 100.0)
+    assert selection.chosen is None and "no cluster" in selection.reason
