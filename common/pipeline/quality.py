@@ -17,26 +17,27 @@ _STATS_SIDE = 256
 REASONS = {
     "too_small": "shorter side below the minimum",
     "bad_aspect_ratio": "too long and thin",
-    "blurry": "Laplacian variance (at a normalised size) below the minimum",
+    "blurry": "Laplacian variance (downscaled to a fixed size) below the minimum",
     "too_dark": "99th percentile brightness below the minimum",
     "washed_out": "5th percentile brightness above the maximum",
     "low_information": "colour entropy below the minimum (flat or nearly blank)",
 }
 
 
-def resize_long_side(pixels: np.ndarray, side: int, upscale: bool) -> np.ndarray:
+def downscale_long_side(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Shrink so the long side is at most `side`; smaller images are returned as they are."""
     height, width = pixels.shape[:2]
     scale = side / max(height, width)
-    if scale >= 1 and not upscale:
+    if scale >= 1:
         return pixels
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    return cv2.resize(pixels, size, interpolation=interpolation)
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 def sharpness(pixels: np.ndarray, side: int = 512) -> float:
-    """Laplacian variance of the grey image scaled to a fixed long side, so size does not bias it."""
-    gray = cv2.cvtColor(resize_long_side(pixels, side, upscale=True), cv2.COLOR_RGB2GRAY)
+    """Laplacian variance of the grey image downscaled to a fixed long side, so a big picture's fine
+    pixels do not hide its blur. Never upscaled: interpolation would make sharp small images blurry."""
+    gray = cv2.cvtColor(downscale_long_side(pixels, side), cv2.COLOR_RGB2GRAY)
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
@@ -78,7 +79,7 @@ def assess_size(width: int, height: int, settings: Settings) -> Assessment:
 
 def assess_pixels(pixels: np.ndarray, settings: Settings) -> Assessment:
     """Sharpness, darkness, washed-out and information checks on upright RGB pixels."""
-    small = resize_long_side(pixels, _STATS_SIDE, upscale=False)
+    small = downscale_long_side(pixels, _STATS_SIDE)
     light = brightness(small)
     scores = {
         "sharpness": round(sharpness(pixels, settings.sharpness_side), 2),
