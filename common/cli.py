@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
-import hashlib
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -36,7 +36,7 @@ def make_settings(**overrides: Any) -> Any:
         fail(f"invalid setting: {problems}", code=2)
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]Error:[/] {message}")
     raise typer.Exit(code)
 
@@ -45,7 +45,7 @@ def fail(message: str, code: int = 1) -> None:
 def build(
     query: Annotated[str, typer.Argument(help="What the images should show, e.g. \"red panda\" or \"고양이\".")],
     source: Annotated[Optional[str], Opt(help="Where candidates come from: naver, naver-api, naver-browser, auto (try them in order) or urls.")] = None,
-    urls: Annotated[Optional[str], Opt(help="With --source urls: a file of image URLs, one per line, or - for stdin.")] = None,
+    urls: Annotated[Optional[str], Opt(help="A file of image URLs, one per line, or - for stdin; implies --source urls.")] = None,
     limit: Annotated[int, Opt(min=1, max=5000, help="How many images to keep at most.")] = 50,
     out: Annotated[Optional[Path], Opt(help="Output folder, inside the data folder (CVDB_DATA_ROOT). Default: <data>/<query>.")] = None,
     select: Annotated[Optional[str], Opt(help="Which cluster to keep: query (best match for the query text) or largest (the original rule).")] = None,
@@ -70,12 +70,7 @@ def build(
     )
     if not query.strip():
         fail("the query is empty; say what the images should show", code=2)
-    from common.pipeline.export import OutputError, resolve_output
-
-    try:
-        out_dir = resolve_output(out or settings.data_root / slug(query), settings.data_root)
-    except OutputError as exc:
-        fail(str(exc), code=2)
+    out_dir = resolve_or_fail(out or settings.data_root / slug(query), settings)
     run_build(query.strip(), limit, out_dir, settings, urls, overwrite)
 
 
@@ -87,12 +82,15 @@ def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: s
     from common.pipeline.sources import SourceError, search
 
     try:
-        found = search(query, candidate_budget(limit, settings), settings, source=settings.source, urls_file=urls_file)
+        with err.status(f"Searching {settings.source} for {query!r} ..."):
+            found = search(query, candidate_budget(limit, settings), settings, urls_file=urls_file)
         err.print(f"{len(found.candidates)} candidates from {found.served_by}")
         with err.status(f"Loading CLIP model {settings.model} ..."):
             embedder = ClipEmbedder(settings.model, settings.device, settings.text_model)
+        source = {"served_by": found.served_by, "attempts": found.attempts}
         with RichProgress(err) as progress:
-            result = build_dataset(query, found.candidates, limit, out_dir, settings, embedder, progress, overwrite)
+            result = build_dataset(query, found.candidates, limit, out_dir, settings, embedder, progress,
+                                   overwrite, source)
     except (SourceError, ModelLoadError, OutputError) as exc:
         fail(str(exc))
     except BuildError as exc:
@@ -102,6 +100,62 @@ def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: s
         fail("interrupted; nothing was saved as complete", code=130)
     print_summary(err, result.report)
     typer.echo(f"Saved {result.kept} images to {result.out_dir}")
+
+
+@app.command("search")
+def search_command(
+    query: Annotated[str, typer.Argument(help="The search query.")],
+    source: Annotated[Optional[str], Opt(help="naver, naver-api, naver-browser, auto or urls.")] = None,
+    limit: Annotated[int, Opt(min=1, max=5000, help="How many candidates to list at most.")] = 50,
+    urls: Annotated[Optional[str], Opt(help="A file of image URLs (or - for stdin); implies --source urls.")] = None,
+) -> None:
+    """Print what a source returns, one JSON line per candidate, without downloading anything."""
+    import json
+
+    from common.pipeline.sources import SourceError, search
+
+    settings = make_settings(source=source)
+    try:
+        found = search(query, limit, settings, urls_file=urls)
+    except SourceError as exc:
+        fail(str(exc))
+    for candidate in found.candidates:
+        typer.echo(json.dumps(candidate.to_dict(), ensure_ascii=False))
+    err.print(f"{len(found.candidates)} candidates from {found.served_by}")
+    for attempt in found.attempts:
+        if attempt["outcome"] != "ok":
+            err.print(f"  {attempt['source']}: {attempt['outcome']}: {attempt['error']}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Optional[Path], Opt(help="Output folder, inside the data folder. Default: <data>/demo-sunflower.")] = None,
+    cache: Annotated[Path, Opt(help="Where the tiny demo model is trained once and kept.")] = Path(".cache/cvdb"),
+    select: Annotated[Optional[str], Opt(help="query (default) or largest, to see the original rule pick the bigger off-topic group.")] = None,
+    limit: Annotated[int, Opt(min=1, help="How many images to keep at most.")] = 50,
+) -> None:
+    """See the whole flow offline: generated search results served on 127.0.0.1, a tiny CLIP, a dataset."""
+    from common.devkit.demo import QUERY, serve_demo_results, tiny_model_settings
+    from common.devkit.tiny_clip import ensure_tiny_clip
+
+    if not (cache / "tiny-clip").exists():
+        err.print("Training a tiny CLIP on synthetic pictures (once; about two minutes on two cores) ...")
+    model_dir = ensure_tiny_clip(cache)
+    with serve_demo_results() as demo_search:
+        settings = make_settings(source="naver", select=select, **tiny_model_settings(model_dir),
+                                 **demo_search.naver_settings)
+        out_dir = resolve_or_fail(out or settings.data_root / f"demo-{slug(QUERY)}", settings)
+        err.print(f"A fake Naver on 127.0.0.1 serves {len(demo_search.scenario.urls)} generated results; query {QUERY!r}")
+        run_build(QUERY, limit, out_dir, settings, None, overwrite=True)
+
+
+def resolve_or_fail(out: Path, settings: Any) -> Path:
+    from common.pipeline.export import OutputError, resolve_output
+
+    try:
+        return resolve_output(out, settings.data_root)
+    except OutputError as exc:
+        fail(str(exc), code=2)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -50,6 +50,7 @@ def build(
     embedder: ClipEmbedder,
     progress: Progress | None = None,
     overwrite: bool = False,
+    source: dict[str, Any] | None = None,
 ) -> BuildResult:
     """Run every stage; raise BuildError (after writing report.json) when nothing is kept."""
     progress = progress or SilentProgress()
@@ -65,6 +66,7 @@ def build(
         timings["embed_only"] = collected.embed_seconds
         kept, selection, query_sims = _select(query, limit, collected, settings, embedder, progress, timings)
         report = build_report(query, limit, settings, embedder, collected, selection, kept, timings)
+        report["source"] = source or {}
         if not kept:
             export.write_failure_report(out_dir, report)
             raise BuildError(failure_message(report), report)
