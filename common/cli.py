@@ -95,11 +95,19 @@ def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: s
         fail(str(exc))
     except BuildError as exc:
         print_summary(err, exc.report)
-        fail(f"{exc} (details in {out_dir / 'report.json'})")
+        fail(f"{exc} (details in {shown(out_dir / 'report.json')})")
     except KeyboardInterrupt:
         fail("interrupted; nothing was saved as complete", code=130)
     print_summary(err, result.report)
-    typer.echo(f"Saved {result.kept} images to {result.out_dir}")
+    typer.echo(f"Saved {result.kept} images to {shown(result.out_dir)}")
+
+
+def shown(path: Path) -> Path:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 @app.command("search")

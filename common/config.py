@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     # Duplicates.
     phash_distance: int = Field(10, ge=0, le=64)
     pixel_confirm_correlation: float = Field(0.90, ge=-1, le=1)
+    pixel_confirm_colour_difference: float = Field(10.0, ge=0, le=255)
     near_duplicate_cosine: float = Field(0.94, ge=0, le=1)
 
     # CLIP.

@@ -52,6 +52,16 @@ def test_distinct_patterns_collide_under_phash_but_survive() -> None:
     assert _pairs(PATTERNS) == []
 
 
+def test_the_same_stripes_in_other_colours_are_another_picture() -> None:
+    mask = np.asarray(_stripes(24, 0.0, 0.0, (255, 0)).convert("L")) > 127
+    red_white = Image.fromarray(np.where(mask[..., None], [200, 30, 30], [250, 250, 250]).astype(np.uint8))
+    blue_white = Image.fromarray(np.where(mask[..., None], [30, 30, 200], [250, 250, 250]).astype(np.uint8))
+    stripes, recoloured = red_white, blue_white
+    a, b = dedup.fingerprint(stripes), dedup.fingerprint(recoloured)
+    assert bin(a.phash ^ b.phash).count("1") <= 10 and dedup.aligned_correlation(a.thumb, b.thumb) > 0.9
+    assert _pairs([stripes, recoloured]) == []  # only the colour layout tells them apart
+
+
 def test_real_copies_are_found() -> None:
     original = planted.photo(30, (640, 480))
     resized = original.resize((400, 300), Image.Resampling.LANCZOS)

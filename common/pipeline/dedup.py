@@ -1,7 +1,9 @@
 """Duplicate detection before clustering: exact pixels, confirmed perceptual hash, CLIP near-copies.
 
 A pHash match alone is never proof: distinct pictures of regular patterns (stripes, checks, text)
-collide under pHash, so a hash match must be confirmed by the pixels of normalised thumbnails.
+collide under pHash, so a hash match must be confirmed by the pixels: the grey thumbnails must
+line up (shape) and a coarse colour layout must agree (the same stripes in other colours are
+another picture).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image
 _THUMB_SIDE = 32
 _MARGIN = 3  # thumbnail pixels trimmed from each side of the template: room for light crops
 _SCALES = (1.0, 1.06, 1.12)  # how much larger a crop's content appears than in its original
+_LAYOUT_SIDE = 4  # the colour layout: mean RGB over a 4x4 grid
 _BLOCK = 1024  # rows per block of pairwise comparisons: memory stays flat for 10k images
 
 REASONS = {
@@ -33,6 +36,7 @@ class Fingerprint:
     pixel_md5: str
     phash: int
     thumb: np.ndarray  # small grey thumbnail (uint8), to confirm a pHash match by its pixels
+    layout: np.ndarray  # 4x4 mean colours (float32), so recoloured look-alikes are told apart
 
 
 def fingerprint(image: Image.Image) -> Fingerprint:
@@ -40,7 +44,13 @@ def fingerprint(image: Image.Image) -> Fingerprint:
     pixel_md5 = hashlib.md5(image.tobytes()).hexdigest()
     phash = int(str(imagehash.phash(image, hash_size=8)), 16)
     thumb = np.asarray(image.convert("L").resize((_THUMB_SIDE, _THUMB_SIDE), Image.Resampling.BOX), np.uint8)
-    return Fingerprint(pixel_md5, phash, thumb)
+    layout = np.asarray(image.resize((_LAYOUT_SIDE, _LAYOUT_SIDE), Image.Resampling.BOX), np.float32)
+    return Fingerprint(pixel_md5, phash, thumb, layout)
+
+
+def colour_difference(a: Fingerprint, b: Fingerprint) -> float:
+    """Mean absolute difference of the colour layouts, in 0-255 units."""
+    return float(np.abs(a.layout - b.layout).mean())
 
 
 def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -86,6 +96,7 @@ def duplicate_pairs(
     phash_distance: int,
     pixel_correlation: float,
     embedding_cosine: float,
+    colour_difference_max: float = 10.0,
 ) -> list[tuple[int, int, str]]:
     """Every pair (i < j) that counts as a copy, with the signal that proved it."""
     n = len(fingerprints)
@@ -98,17 +109,22 @@ def duplicate_pairs(
         for local_i, j in zip(*np.nonzero(near_vector | near_hash)):
             i, j = start + int(local_i), int(j)
             if j > i:
+                confirm = (pixel_correlation, colour_difference_max)
                 reason = _pair_reason(fingerprints[i], fingerprints[j], bool(near_vector[local_i, j]),
-                                      bool(near_hash[local_i, j]), pixel_correlation)
+                                      bool(near_hash[local_i, j]), confirm)
                 if reason:
                     pairs.append((i, j, reason))
     return pairs
 
 
-def _pair_reason(a: Fingerprint, b: Fingerprint, near_vector: bool, near_hash: bool, threshold: float) -> str | None:
+def _pair_reason(
+    a: Fingerprint, b: Fingerprint, near_vector: bool, near_hash: bool, confirm: tuple[float, float]
+) -> str | None:
     if a.pixel_md5 == b.pixel_md5:
         return "duplicate_pixels"
-    if near_hash and aligned_correlation(a.thumb, b.thumb) >= threshold:
+    min_correlation, max_colour_difference = confirm
+    if (near_hash and colour_difference(a, b) <= max_colour_difference
+            and aligned_correlation(a.thumb, b.thumb) >= min_correlation):
         return "near_duplicate_phash"  # a hash match confirmed by the pixels
     return "near_duplicate_embedding" if near_vector else None
 

@@ -74,7 +74,6 @@ def build(
         rows = [_manifest_row(query, i + 1, s, by_url[s.url], query_sims[s.url], selection) for i, s in enumerate(kept)]
         export.write_dataset(out_dir, [s.path for s in kept], rows, report)
         report["timings_s"]["export"] = round(time.perf_counter() - started, 3)
-        progress.log(f"Saved {len(kept)} images to {out_dir}")
         return BuildResult(out_dir, len(kept), report)
     finally:
         export.remove_staging(out_dir)
@@ -91,7 +90,8 @@ def _select(
     progress.start("dedup", len(staged))
     started = time.perf_counter()
     pairs = dedup.duplicate_pairs([s.fingerprint for s in staged], vectors, settings.phash_distance,
-                                  settings.pixel_confirm_correlation, settings.near_duplicate_cosine)
+                                  settings.pixel_confirm_correlation, settings.near_duplicate_cosine,
+                                  settings.pixel_confirm_colour_difference)
     for index, (keeper, reason) in dedup.choose_keepers(pairs, [s.quality_rank for s in staged]).items():
         collected.drop(staged[index].url, reason, f"copy of {staged[keeper].url}", sha256=staged[index].source_sha256)
     unique = [i for i, s in enumerate(staged) if collected.outcomes[s.url].status != "dropped"]
