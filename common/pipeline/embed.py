@@ -93,8 +93,14 @@ class ClipEmbedder:
                     "CVDB_TEXT_MODEL needs sentence-transformers: pip install sentence-transformers"
                 ) from exc
             self._text_encoder = SentenceTransformer(self.text_model_name, device=str(self.device))
-        vectors = self._text_encoder.encode(list(texts), convert_to_tensor=True)
-        return _normalise(vectors)
+        vectors = _normalise(self._text_encoder.encode(list(texts), convert_to_tensor=True))
+        if vectors.shape[1] != self.dim:
+            raise ModelLoadError(
+                f"text model {self.text_model_name!r} gives {vectors.shape[1]}-dimensional vectors but "
+                f"{self.model_name!r} embeds images in {self.dim} dimensions; use a text encoder trained "
+                "into this CLIP model's image space"
+            )
+        return vectors
 
     def describe(self) -> dict[str, object]:
         return {
