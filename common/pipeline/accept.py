@@ -13,7 +13,7 @@ from common.config import Settings
 from common.pipeline.decode import DecodeError, as_array, encode_jpeg, open_header, to_upright_rgb
 from common.pipeline.dedup import Fingerprint, fingerprint
 from common.pipeline.export import atomic_write
-from common.pipeline.quality import assess_pixels, assess_size
+from common.pipeline.quality import assess_pixels, assess_size, downscale_long_side
 
 DECODE_REASONS = {
     "decode_error": "not a readable image",
@@ -68,12 +68,17 @@ def stage_download(
         image = to_upright_rgb(header)
     except DecodeError as exc:
         return Rejected(url, exc.reason, exc.detail)
-    pixels = assess_pixels(as_array(image), settings)
+    # One downscaled working copy feeds every check, hash and CLIP: full-size pixel work
+    # was most of the per-image cost. Only the exact-pixel hash and the export need full size.
+    work = downscale_long_side(as_array(image), settings.sharpness_side)
+    pixels = assess_pixels(work, settings)
     scores = {**size.scores, **pixels.scores}
     if pixels.reason:
         return Rejected(url, pixels.reason, pixels.detail or "", scores)
     path = staging_dir / f"{source_sha256[:16]}.jpg"
-    atomic_write(path, encode_jpeg(image, settings.jpeg_quality))
+    # Staging is scratch: export fsyncs the files it keeps, so no fsync for every candidate here.
+    atomic_write(path, encode_jpeg(image, settings.jpeg_quality), durable=False)
+    work_image = Image.fromarray(work)
     return StagedImage(
         url=url,
         source_sha256=source_sha256,
@@ -82,6 +87,6 @@ def stage_download(
         height=image.height,
         image_format=image_format,
         scores=scores,
-        fingerprint=fingerprint(image),
-        pixel_values=prepare(image) if prepare else None,
+        fingerprint=fingerprint(image, work_image),
+        pixel_values=prepare(work_image) if prepare else None,
     )

@@ -52,22 +52,28 @@ def _is_ours(path: Path) -> bool:
     return path.name in (MANIFEST, REPORT, STAGING) or (path.name.startswith("img_") and path.suffix == ".jpg")
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_file(path: Path) -> None:
+    """fsync a file or folder by path (a folder's fsync makes its renames durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old file or the whole new one."""
+
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Temp file in the same folder, fsync, rename: readers see the old file or the whole new one.
+
+    `durable=False` skips the fsync, for scratch files that are fsynced later if they are kept.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -84,12 +90,13 @@ def write_dataset(out_dir: Path, staged_files: Sequence[Path], rows: Sequence[di
     `rows[i]` describes `staged_files[i]` and already carries its final `file` name.
     """
     for staged, row in zip(staged_files, rows, strict=True):
+        fsync_file(staged)  # staged without fsync; a kept file must be on disk before the manifest
         os.replace(staged, out_dir / row["file"])  # same filesystem: an atomic rename
-    fsync_dir(out_dir)
+    fsync_file(out_dir)
     atomic_write(out_dir / REPORT, json.dumps(report, ensure_ascii=False, indent=2).encode())
     manifest = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     atomic_write(out_dir / MANIFEST, manifest.encode())
-    fsync_dir(out_dir)
+    fsync_file(out_dir)
 
 
 def write_failure_report(out_dir: Path, report: dict[str, Any]) -> None:
