@@ -146,9 +146,8 @@ def demo(
     from common.devkit.demo import QUERY, serve_demo_results, tiny_model_settings
     from common.devkit.tiny_clip import ensure_tiny_clip
 
-    if not (cache / "tiny-clip").exists():
-        err.print("Training a tiny CLIP on synthetic pictures (once; about two minutes on two cores) ...")
-    model_dir = ensure_tiny_clip(cache)
+    with err.status("Loading the tiny demo CLIP (the first run trains it on synthetic pictures: a few minutes) ..."):
+        model_dir = ensure_tiny_clip(cache)
     with serve_demo_results() as demo_search:
         settings = make_settings(source="naver", select=select, **tiny_model_settings(model_dir),
                                  **demo_search.naver_settings)

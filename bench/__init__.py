@@ -1,0 +1,1 @@
+"""Benchmarks for the dataset builder: stage throughput, overlap, img2dataset comparison, memory."""

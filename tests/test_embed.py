@@ -1,0 +1,81 @@
+"""The CLIP embedder through the real from_pretrained path, on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from common.devkit import corpus
+from common.devkit.tiny_clip import build_tokenizer
+from common.pipeline.embed import ClipEmbedder, ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_clip: Path) -> ClipEmbedder:
+    return ClipEmbedder(str(tiny_clip), device="auto")
+
+
+def test_image_vectors_are_unit_length_and_batch_independent(embedder: ClipEmbedder) -> None:
+    rng = np.random.default_rng(0)
+    images = [corpus.render(corpus.TARGET, rng) for _ in range(5)]
+    together = embedder.embed_images(images, batch_size=5)
+    one_by_one = embedder.embed_images(images, batch_size=1)
+    assert together.shape == (5, embedder.dim) and together.dtype == np.float32
+    assert np.allclose(np.linalg.norm(together, axis=1), 1, atol=1e-5)
+    assert np.allclose(together, one_by_one, atol=1e-4)
+
+
+def test_text_vectors_match_their_pictures(embedder: ClipEmbedder) -> None:
+    rng = np.random.default_rng(1)
+    target = embedder.embed_images([corpus.render(corpus.TARGET, rng) for _ in range(4)]).mean(axis=0)
+    other = embedder.embed_images([corpus.render(corpus.DISTRACTOR, rng) for _ in range(4)]).mean(axis=0)
+    text = embedder.embed_texts([f"a photo of {corpus.TARGET}"])[0]
+    assert np.isclose(np.linalg.norm(text), 1, atol=1e-5)
+    assert text @ target > text @ other
+
+
+def test_describe_names_model_device_and_scale(embedder: ClipEmbedder, tiny_clip: Path) -> None:
+    info = embedder.describe()
+    assert info["model"] == str(tiny_clip) and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["logit_scale"] == pytest.approx(embedder.logit_scale, rel=1e-3) and embedder.logit_scale > 1
+
+
+def test_a_model_that_cannot_load_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="save_pretrained"):
+        ClipEmbedder(str(tmp_path / "missing"))
+
+
+def _sentence_encoder(directory: Path, dim: int) -> Path:
+    """A small sentence-transformers text encoder saved to disk, as a user would download one."""
+    tokenizer = build_tokenizer(directory / "encoder")
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=77, pad_token_id=tokenizer.pad_token_id,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    CLIPTextModel(config).save_pretrained(directory / "encoder")
+    word = Transformer(str(directory / "encoder"), max_seq_length=64)
+    pool = Pooling(32, "mean")
+    dense = Dense(32, dim, activation_function=torch.nn.Identity())
+    SentenceTransformer(modules=[word, pool, dense]).save(str(directory / "st"))
+    return directory / "st"
+
+
+def test_a_separate_text_encoder_embeds_the_query(tiny_clip: Path, embedder: ClipEmbedder, tmp_path: Path) -> None:
+    encoder = _sentence_encoder(tmp_path, embedder.dim)
+    multilingual = ClipEmbedder(str(tiny_clip), text_model=str(encoder))
+    vectors = multilingual.embed_texts(["해바라기 사진", "a photo of sunflower"])
+    expected = SentenceTransformer(str(encoder), device="cpu").encode(["해바라기 사진", "a photo of sunflower"])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(vectors, expected, atol=1e-5)
+    assert not np.allclose(vectors[1], embedder.embed_texts(["a photo of sunflower"])[0], atol=1e-2)
+
+
+def test_a_text_encoder_of_the_wrong_width_is_refused(tiny_clip: Path, embedder: ClipEmbedder, tmp_path: Path) -> None:
+    encoder = _sentence_encoder(tmp_path, embedder.dim + 3)
+    with pytest.raises(ModelLoadError, match="dimensional vectors"):
+        ClipEmbedder(str(tiny_clip), text_model=str(encoder)).embed_texts(["고양이"])
