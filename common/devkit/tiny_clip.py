@@ -355,7 +355,6 @@ def train_with(out_dir: Path, settings: TrainSettings, seed: int = 0) -> Path:
         "train_seconds": round(time.perf_counter() - started, 2),
         "cpu_seconds": round(time.process_time() - cpu_started, 2),  # wall time on a busy machine says little
         "logit_scale": round(model.logit_scale.exp().item(), 3),
-        "projection_residual": residual,  # |W c - v| / |v|: 0 unless the projection lost rank
         "final_loss": {k: round(float(np.mean([h[k] for h in history[-20:]])), 4) for k in history[-1]},
     }
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
