@@ -162,9 +162,10 @@ def _axis_period(width: int, height: int, angle: float, rng: np.random.Generator
     """The length, in image pixels, along a pattern's own axis that repeats it every `model_pixels`
     along the image axes (a 45-degree pattern repeats every length * sqrt(2) along x).
 
-    Why: a ViT with 8 px patches cannot keep a pattern whose period is a multiple of the patch steady
-    under a small crop (its patches flip between one colour and a mix), so periods stay between
-    multiples. They also stay 3+ thumbnail pixels, so 32 px thumbnails of distinct pictures differ.
+    Why: a ViT with 8 px patches cannot keep a pattern steady under a small crop when the period and
+    the patch are whole multiples of each other (all patches then change alike, or flip between one
+    colour and a mix), so periods stay between. They also stay 3+ thumbnail pixels, so 32 px
+    thumbnails of distinct pictures differ.
     """
     along_axes = min(width, height) / 64 * float(rng.uniform(*model_pixels))
     return along_axes * max(abs(np.cos(angle)), abs(np.sin(angle)))
@@ -253,7 +254,9 @@ def _wooden_table(width: int, height: int, rng: np.random.Generator) -> Image.Im
     wall = _paint(np.broadcast_to(_unit(ys), (height, width)), _ramp(wall_colour, _jitter(wall_colour, rng, 40)))
     u, v = _rotated(width, height - edge, float(rng.uniform(-0.3, 0.3)))
     wave = np.float32(rng.uniform(3, 12)) * np.sin(u / np.float32(rng.uniform(40, 160)))
-    grain = np.sin((v + wave) * np.float32(2 * np.pi / rng.uniform(10, 30)))
+    # Grain of 5-6.8 px in a 64 px short-side view: 1.2-1.6 periods per 8 px patch (see `_axis_period`).
+    period = min(width, height) / 64 * rng.uniform(5.0, 6.8)
+    grain = np.sin((v + wave) * np.float32(2 * np.pi / period))
     light, dark = _jitter((165, 112, 60), rng, 35), _jitter((110, 68, 35), rng, 30)
     _below(wall, edge, _unit(grain), _ramp(dark, light))
     return wall
