@@ -209,3 +209,14 @@ def test_help_explains_every_option() -> None:
     done = subprocess.run([CVDB, "build", "--help"], capture_output=True, text=True, timeout=60)
     for option in ("--source", "--urls", "--limit", "--out", "--select", "--model", "--batch-size", "--eps"):
         assert option in done.stdout
+
+
+def test_demo_builds_a_dataset_through_the_fake_naver(tiny_clip: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "CVDB_DATA_ROOT": str(tmp_path / "data")}
+    cache = tiny_clip.parent  # the session's trained model: the demo reuses it instead of training
+    done = subprocess.run([CVDB, "demo", "--cache", str(cache)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Saved" in done.stdout and "from naver" in done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "data" / "demo-sunflower" / "manifest.jsonl").read_text().splitlines()]
+    assert rows and {row["query"] for row in rows} == {corpus.TARGET}
