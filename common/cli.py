@@ -1,4 +1,4 @@
-"""`cvdb`: build an image dataset from one query, in one process, with no servers."""
+"""cvdb: build a clean image dataset from one search query, in one process, with no servers."""
 
 from __future__ import annotations
 
