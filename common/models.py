@@ -1,0 +1,129 @@
+"""Job and candidate rows: the state a job's tasks share through Postgres."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from common.db import db
+
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "cancelling", "cancelled", "done", "failed")
+# A job in one of these states will never change again.
+FINAL_STATUSES: frozenset[str] = frozenset({"cancelled", "done", "failed"})
+CANDIDATE_STATUSES: tuple[str, ...] = ("pending", "kept", "dropped")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    """SQL text for `column IN (...)`; values are constants of this module, never user input."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class Job(db.Model):
+    """One dataset request and its progress through search, fetch, embed and select."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(_in("status", JOB_STATUSES), name="status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_new_id)
+    query: Mapped[str] = mapped_column(String(200))
+    request_limit: Mapped[int] = mapped_column(Integer)
+    out_dir: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(32))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    stage: Mapped[str | None] = mapped_column(String(32))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[str] = mapped_column(Text, default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    task_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    stage_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    drop_counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # Fan-in: the fetch chunk that brings done up to total enqueues the GPU step.
+    fetch_chunks_total: Mapped[int] = mapped_column(Integer, default=0)
+    fetch_chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    candidates: Mapped[list[Candidate]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def append_log(self, line: str) -> None:
+        """Add one line to the job's log (kept as text so the API can return it as is)."""
+        self.log = f"{self.log or ''}{line.rstrip()}\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the API shows it (no candidate rows, no task ids)."""
+        return {
+            "id": self.id,
+            "query": self.query,
+            "limit": self.request_limit,
+            "out_dir": self.out_dir,
+            "source": self.source,
+            "options": self.options or {},
+            "status": self.status,
+            "stage": self.stage,
+            "count": self.count or 0,
+            "error": self.error,
+            "cancel_requested": bool(self.cancel_requested),
+            "stage_counts": self.stage_counts or {},
+            "drop_counts": self.drop_counts or {},
+            "fetch_chunks": {
+                "done": self.fetch_chunks_done or 0,
+                "total": self.fetch_chunks_total or 0,
+            },
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+class Candidate(db.Model):
+    """One candidate image URL of a job and its outcome (kept, or dropped with a reason)."""
+
+    __tablename__ = "candidates"
+    __table_args__ = (
+        UniqueConstraint("job_id", "url"),
+        CheckConstraint(_in("status", CANDIDATE_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(Text)
+    rank: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+
+    job: Mapped[Job] = relationship(back_populates="candidates")
