@@ -109,9 +109,9 @@ class Suite:
             with stopwatch() as watch:
                 path = models.ensure_random_clip(self.args.cache / "models", models.VIT_B32, self.args.seed)
                 self._embedder = ClipEmbedder(str(path), self.args.device)
-            self.results["model"] = {"spec": models.VIT_B32.name, "path": str(path), "load_seconds": round(watch.seconds, 2),
+            self.results["model"] = {"spec": models.NAMES[models.VIT_B32], "path": str(path), "load_seconds": round(watch.seconds, 2),
                                      "parameters": models.parameter_count(self._embedder.model), **self._embedder.describe()}
-            log(f"model: {models.VIT_B32.name} on {self._embedder.device} ({watch.seconds:.1f} s to build/load)")
+            log(f"model: {models.NAMES[models.VIT_B32]} on {self._embedder.device} ({watch.seconds:.1f} s to build/load)")
         return self._embedder
 
     def pool(self) -> np.ndarray:

@@ -80,17 +80,38 @@ def build_image_processor() -> CLIPImageProcessorPil:
     )
 
 
-def build_config(tokenizer: CLIPTokenizer) -> CLIPConfig:
+@dataclass(frozen=True)
+class ClipSpec:
+    """The sizes that decide a CLIP's shape and cost (the benchmark times ViT-B/32's with it)."""
+
+    vision_hidden: int = VISION_WIDTH
+    vision_layers: int = VISION_LAYERS
+    vision_heads: int = 4
+    patch: int = PATCH_SIZE
+    image_size: int = IMAGE_SIZE
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_vocab: int = 0  # 0: exactly the tokenizer's vocabulary
+    projection: int = PROJECTION_DIM
+
+
+TINY = ClipSpec()
+
+
+def clip_config(spec: ClipSpec, tokenizer: CLIPTokenizer) -> CLIPConfig:
     text = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=PROJECTION_DIM,
+        vocab_size=max(spec.text_vocab, len(tokenizer)), hidden_size=spec.text_hidden,
+        intermediate_size=4 * spec.text_hidden, num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads, max_position_embeddings=77, projection_dim=spec.projection,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     vision = CLIPVisionConfig(
-        hidden_size=VISION_WIDTH, intermediate_size=4 * VISION_WIDTH, num_hidden_layers=VISION_LAYERS, num_attention_heads=4,
-        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=PROJECTION_DIM,
+        hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden, num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads, image_size=spec.image_size, patch_size=spec.patch,
+        projection_dim=spec.projection,
     )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJECTION_DIM)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=spec.projection)
 
 
 # ---------------------------------------------------------------- embeddings (shared with tests)
@@ -360,7 +381,7 @@ def train_with(out_dir: Path, settings: TrainSettings, seed: int = 0) -> Path:
         processor = CLIPProcessor(image_processor=build_image_processor(), tokenizer=build_tokenizer(out_dir))
         data = _training_data(settings, processor, seed)
         prepared = time.perf_counter() - started
-        model = CLIPModel(build_config(processor.tokenizer))
+        model = CLIPModel(clip_config(TINY, processor.tokenizer))
         history = _fit(model, processor, data, settings, seed)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
