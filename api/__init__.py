@@ -1,21 +1,24 @@
-"""Flask app factory for the REST API: config, database, migrations, JSON errors, health check."""
+"""Flask app factory for the REST API: config, database, queue, auth, JSON errors, health, OpenAPI."""
 
 from __future__ import annotations
 
+import hmac
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, abort, jsonify, request
+import redis
+from flask import Flask, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
+from api import openapi
 from common.config import Settings
 from common.db import db, migrate
+from workers.celery_app import make_celery
 
-DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/cvdb"
+DEFAULT_DATABASE_URL: str = Settings.model_fields["database_url"].default
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 # Job requests are a query and a few options; anything larger is a mistake or an attack.
 MAX_CONTENT_LENGTH = 16 * 1024
@@ -34,16 +37,47 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
+    make_celery(app)
     _register_error_handlers(app)
     app.before_request(_reject_oversized_body)
+    app.before_request(_require_token)
     _register_health(app)
+    from api.jobs import bp as jobs_bp
+
+    app.register_blueprint(jobs_bp)
+
+    @app.get("/api/openapi.json")
+    def openapi_document() -> ResponseReturnValue:
+        return jsonify(openapi.document(secured=bool(_tokens())))
+
     return app
 
 
+def _tokens() -> list[str]:
+    settings: Settings = current_app.config["CVDB_SETTINGS"]
+    return [t.strip() for t in settings.api_tokens.split(",") if t.strip()]
+
+
+def _require_token() -> None:
+    """With tokens configured, every /api/ route needs `Authorization: Bearer <token>`."""
+    tokens = _tokens()
+    if not tokens or not request.path.startswith("/api/") or request.path == "/api/openapi.json":
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Compare against every token in constant time: no early exit that leaks which one matched.
+    matches = [hmac.compare_digest(given.strip().encode(), t.encode()) for t in tokens]
+    if scheme.lower() != "bearer" or not any(matches):
+        response = jsonify(error_body("unauthorized", "Send a valid token: Authorization: Bearer <token>."))
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = "Bearer"
+        abort(response)
+
+
 def _base_config() -> dict[str, Any]:
+    settings = Settings()
     return {
-        "CVDB_SETTINGS": Settings(),
-        "SQLALCHEMY_DATABASE_URI": os.environ.get("CVDB_DATABASE_URL", DEFAULT_DATABASE_URL),
+        "CVDB_SETTINGS": settings,
+        "SQLALCHEMY_DATABASE_URI": settings.database_url,
         # A dropped connection (Postgres restart) is noticed before a request uses it.
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "MAX_CONTENT_LENGTH": MAX_CONTENT_LENGTH,
@@ -82,14 +116,25 @@ def _register_error_handlers(app: Flask) -> None:
 def _register_health(app: Flask) -> None:
     @app.get("/healthz")
     def healthz() -> ResponseReturnValue:
-        checks = {"postgres": _check_postgres()}
-        # Redis joins these checks when the Celery broker is wired in.
+        checks = {"postgres": _check_postgres(), "redis": _check_redis()}
         failing = [name for name, state in checks.items() if state != "ok"]
         if failing:
             body = {"status": "unavailable", **checks, "error": "service_unavailable",
                     "detail": f"Unreachable: {', '.join(failing)}."}
             return jsonify(body), 503
         return jsonify({"status": "ok", **checks}), 200
+
+
+def _check_redis() -> str:
+    settings: Settings = current_app.config["CVDB_SETTINGS"]
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        log.warning("redis health check failed: %s", type(exc).__name__)
+        return "error"
+    return "ok"
 
 
 def _check_postgres() -> str:

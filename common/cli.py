@@ -156,6 +156,33 @@ def demo(
         run_build(QUERY, limit, out_dir, settings, None, overwrite=True)
 
 
+@app.command()
+def serve(
+    cpu_workers: Annotated[int, Opt(min=1, max=64, help="CPU worker processes (search, download, filter).")] = 2,
+    concurrency: Annotated[int, Opt(min=1, max=64, help="Tasks each CPU worker runs at once (prefork children).")] = 2,
+    host: Annotated[str, Opt(help="Address the API listens on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    port: Annotated[int, Opt(min=1, max=65535, help="API port.")] = 8000,
+    flower: Annotated[bool, Opt(help="Run Flower (monitoring; set FLOWER_BASIC_AUTH=user:password).")] = True,
+    flower_port: Annotated[int, Opt(min=1, max=65535, help="Flower's port.")] = 5555,
+    beat: Annotated[bool, Opt(help="Run the scheduler that fails jobs whose worker died.")] = True,
+) -> None:
+    """Run the service on this machine: API + CPU workers + GPU worker + beat + Flower (compose.yaml without Docker).
+
+    Needs Postgres (CVDB_DATABASE_URL) and Redis (CVDB_REDIS_URL); the database schema is migrated first.
+    """
+    from common import serve as launcher
+
+    settings = make_settings()
+    try:
+        launcher.preflight(settings)
+        launcher.migrate(sys.stdout)
+    except launcher.ServeError as exc:
+        fail(str(exc))
+    processes = launcher.plan(cpu_workers, concurrency, f"{host}:{port}", flower, beat, flower_port)
+    err.print(f"Starting {', '.join(p.name for p in processes)}; the API is on http://{host}:{port}/ (Ctrl-C stops all)")
+    raise typer.Exit(launcher.run(processes))
+
+
 def resolve_or_fail(out: Path, settings: Any) -> Path:
     from common.pipeline.export import OutputError, resolve_output
 

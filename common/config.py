@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SelectMode = Literal["query", "largest"]
 
 
+# Secrets and deployment addresses never go into a dataset's report.json.
+_NOT_IN_REPORTS = {"naver_client_id", "naver_client_secret", "database_url", "redis_url", "api_tokens"}
+
+
 class Settings(BaseSettings):
     """Defaults are what a user on the real internet wants; tests override base URLs and models."""
 
@@ -88,6 +92,22 @@ class Settings(BaseSettings):
     # Decode/quality threads in the local runner.
     decode_workers: int = Field(2, ge=1, le=64)
 
+    # The service: where its state and queues live, how jobs are cut up and bounded.
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/cvdb"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    fetch_chunk_size: int = Field(50, ge=1, le=5000)
+    max_job_limit: int = Field(1000, ge=1)
+    # Bearer tokens the API accepts, comma separated; none means the API is open.
+    api_tokens: str = ""
+    # The sweep (every sweep_every_s) re-sends the current step of a running job that has shown
+    # no progress for stall_resend_s (its task was lost with a worker), and fails the job after
+    # stall_timeout_s without progress.
+    sweep_every_s: float = Field(30.0, gt=0)
+    stall_resend_s: float = Field(180.0, gt=0)
+    stall_timeout_s: float = Field(900.0, gt=0)
+    # How often a fetch chunk may be started before its URLs are given up (a crashing image).
+    max_chunk_attempts: int = Field(3, ge=1, le=20)
+
     def thresholds(self) -> dict[str, object]:
-        """Everything that decides what is kept, for report.json."""
-        return self.model_dump(mode="json")
+        """Everything that decides what is kept, for report.json (no secrets, no service addresses)."""
+        return self.model_dump(mode="json", exclude=_NOT_IN_REPORTS)

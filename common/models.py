@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +33,11 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
+def log_entry(message: str) -> str:
+    """One line of a job's log: UTC time, then the message."""
+    return f"{datetime.now(UTC).strftime('%H:%M:%S')} {message.rstrip()}\n"
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -59,12 +64,19 @@ class Job(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
     log: Mapped[str] = mapped_column(Text, default="")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    task_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Every Celery task sent for the job, as {"id", "queue"}: cancel revokes them all.
+    task_ids: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     stage_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     drop_counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     # Fan-in: the fetch chunk that brings done up to total enqueues the GPU step.
     fetch_chunks_total: Mapped[int] = mapped_column(Integer, default=0)
     fetch_chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    # How often each fetch chunk was started: a chunk that keeps killing workers is given up.
+    chunk_attempts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # The selection's summary (clusters, chosen one, reason) once the job is done or failed.
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Last sign of life from a task; the sweep fails jobs whose heartbeat is too old.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -77,7 +89,7 @@ class Job(db.Model):
 
     def append_log(self, line: str) -> None:
         """Add one line to the job's log (kept as text so the API can return it as is)."""
-        self.log = f"{self.log or ''}{line.rstrip()}\n"
+        self.log = f"{self.log or ''}{log_entry(line)}"
 
     def to_dict(self) -> dict[str, Any]:
         """The job as the API shows it (no candidate rows, no task ids)."""
@@ -99,6 +111,7 @@ class Job(db.Model):
                 "done": self.fetch_chunks_done or 0,
                 "total": self.fetch_chunks_total or 0,
             },
+            "result": self.result or {},
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
@@ -121,9 +134,16 @@ class Candidate(db.Model):
     url: Mapped[str] = mapped_column(Text)
     rank: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(32))
+    # Search metadata (thumbnail, page, title, size) as the source gave it.
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Which fetch chunk downloads it, and whether that chunk has dealt with it yet.
+    chunk: Mapped[int] = mapped_column(Integer, default=0)
+    fetched: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    # Scores and other per-URL facts for report.json (sizes, sharpness, cluster).
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     job: Mapped[Job] = relationship(back_populates="candidates")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from common.devkit.demo import tiny_model_settings
+from common.devkit.fake_naver import FakeNaver
 from common.devkit.image_server import ImageServer
 from common.devkit.scenario import Scenario, build_scenario
 from common.devkit.tiny_clip import ensure_shifted_tiny_clip, ensure_tiny_clip
@@ -35,3 +38,29 @@ def image_server() -> Iterator[ImageServer]:
 @pytest.fixture(scope="session")
 def scenario(image_server: ImageServer) -> Scenario:
     return build_scenario(image_server, seed=0)
+
+
+@pytest.fixture(scope="session")
+def fake_naver(scenario: Scenario) -> Iterator[FakeNaver]:
+    """A fake Naver whose results are the scenario's pictures (the default `naver` source)."""
+    with FakeNaver(image_urls=scenario.urls) as naver:
+        yield naver
+
+
+def service_settings(tiny_clip: Path, fake_naver: FakeNaver) -> dict[str, object]:
+    """What the service's workers and `cvdb build` both run with in the service tests."""
+    # A lost task is re-sent after 8 s without progress (180 s by default): the tests kill workers.
+    return {**tiny_model_settings(tiny_clip), **fake_naver.settings_overrides(), "fetch_chunk_size": 20,
+            "sweep_every_s": 2, "stall_resend_s": 8}
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, fake_naver: FakeNaver) -> Iterator[Any]:
+    """The whole service as real processes: API, two CPU workers, the GPU worker, beat, Flower."""
+    from service_harness import Service
+
+    running = Service(tmp_path_factory.mktemp("service"), service_settings(tiny_clip, fake_naver))
+    try:
+        yield running.start()
+    finally:
+        running.stop()

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
 from api import DEFAULT_DATABASE_URL, MIGRATIONS_DIR, create_app
+from common.config import Settings
 from common.db import db
 from common.models import Candidate, Job
 
@@ -197,7 +198,18 @@ def test_candidate_url_is_unique_per_job(session: scoped_session[Session]) -> No
 def test_healthz_ok(migrated_app: Flask) -> None:
     response = migrated_app.test_client().get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "postgres": "ok"}
+    assert response.get_json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
+
+
+def test_healthz_503_when_redis_missing(database_url: URL) -> None:
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url.render_as_string(hide_password=False),
+                      "CVDB_SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0")})
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["redis"] == "error" and body["postgres"] == "ok" and "redis" in body["detail"]
+    with app.app_context():
+        db.engine.dispose()
 
 
 def test_healthz_503_when_database_missing(database_url: URL) -> None:

@@ -48,6 +48,7 @@ class Rejected:
     reason: str
     detail: str
     scores: dict[str, float] = field(default_factory=dict)
+    sha256: str | None = None  # the downloaded bytes' digest, when there were bytes
 
 
 def stage_download(

@@ -12,12 +12,13 @@ import hashlib
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from common.config import Settings
 from common.pipeline.accept import Rejected, StagedImage, stage_download
@@ -27,6 +28,7 @@ from common.pipeline.progress import Cancelled, Progress
 from common.pipeline.records import Download, Outcome
 
 _DONE = object()
+Prepare = Callable[[Image.Image], np.ndarray]
 
 
 @dataclass
@@ -64,9 +66,20 @@ def iterate_downloads(urls: Sequence[str], settings: Settings, progress: Progres
             if stop.is_set():
                 return
 
+    async def produce_until_stopped() -> None:
+        # Downloads still waiting on slow servers are abandoned at once when the consumer stops.
+        work = asyncio.create_task(produce())
+        while not work.done() and not stop.is_set():
+            await asyncio.wait({work}, timeout=0.2)
+        work.cancel()
+        try:
+            await work
+        except asyncio.CancelledError:
+            pass
+
     def run() -> None:
         try:
-            asyncio.run(produce())
+            asyncio.run(produce_until_stopped())
         except BaseException as exc:  # handed to the consumer, which re-raises it
             put(exc)
         finally:
@@ -75,15 +88,24 @@ def iterate_downloads(urls: Sequence[str], settings: Settings, progress: Progres
     thread = threading.Thread(target=run, name="downloader", daemon=True)
     thread.start()
     try:
-        while (item := results.get()) is not _DONE:
+        while (item := _next(results, progress)) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
-            if progress.cancelled():
-                raise Cancelled("cancelled during download")
             yield item  # type: ignore[misc]
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def _next(results: queue.Queue[object], progress: Progress) -> object:
+    """The next download; checks for a cancel while waiting, however slow the servers are."""
+    while True:
+        if progress.cancelled():
+            raise Cancelled("cancelled during download")
+        try:
+            return results.get(timeout=0.25)
+        except queue.Empty:
+            continue
 
 
 class _Embedder:
@@ -112,50 +134,64 @@ class _Embedder:
         self.pending = []
 
 
+def stage_stream(
+    urls: Sequence[str], settings: Settings, staging_dir: Path, prepare: Prepare | None, progress: Progress
+) -> Iterator[StagedImage | Rejected]:
+    """Download, check and stage every URL; yields one StagedImage or Rejected per URL.
+
+    Used whole by `collect` (the local runner) and per chunk by the service's fetch tasks.
+    Identical files are caught here, by their bytes, before any decoding.
+    """
+    seen_bytes: dict[str, str] = {}
+    max_pending = 2 * settings.batch_size + settings.decode_workers
+    with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
+        pending: set[Future[StagedImage | Rejected]] = set()
+        for download in iterate_downloads(urls, settings, progress):
+            progress.advance("download")
+            if not download.ok:
+                yield Rejected(download.url, download.reason or "download_failed", download.detail or "")
+                continue
+            digest = hashlib.sha256(download.data or b"").hexdigest()
+            if digest in seen_bytes:
+                yield Rejected(download.url, "duplicate_bytes", f"same file as {seen_bytes[digest]}", sha256=digest)
+                continue
+            seen_bytes[digest] = download.url
+            pending.add(pool.submit(stage_download, download.url, download.data or b"", download.image_format or "",
+                                    digest, settings, staging_dir, prepare))
+            if len(pending) >= max_pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from _results(done, progress)
+        yield from _results(pending, progress)
+
+
+def _results(done: set[Future[StagedImage | Rejected]], progress: Progress) -> Iterator[StagedImage | Rejected]:
+    for future in done:
+        progress.advance("filter")
+        yield future.result()
+    if progress.cancelled():
+        raise Cancelled("cancelled while filtering")
+
+
+def rejection_extra(item: Rejected) -> dict[str, object]:
+    """What an outcome records beside its reason: the file's digest and the scores measured."""
+    extra: dict[str, object] = {"sha256": item.sha256} if item.sha256 else {}
+    return {**extra, "scores": item.scores} if item.scores else extra
+
+
 def collect(
     urls: Sequence[str], settings: Settings, embedder: ClipEmbedder, staging_dir: Path, progress: Progress
 ) -> Collected:
     """Every URL ends as a staged+embedded image or a drop reason in `outcomes`."""
     result = Collected(outcomes={url: Outcome(url) for url in urls})
     batcher = _Embedder(embedder, settings.batch_size, result, progress)
-    seen_bytes: dict[str, str] = {}
-    max_pending = 2 * settings.batch_size + settings.decode_workers
     for stage, total in (("download", len(urls)), ("filter", None), ("embed", None)):
         progress.start(stage, total)
-    with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
-        pending: set[Future[StagedImage | Rejected]] = set()
-        for download in iterate_downloads(urls, settings, progress):
-            progress.advance("download")
-            if not download.ok:
-                result.drop(download.url, download.reason or "download_failed", download.detail or "")
-                continue
-            digest = hashlib.sha256(download.data or b"").hexdigest()
-            if digest in seen_bytes:
-                result.drop(download.url, "duplicate_bytes", f"same file as {seen_bytes[digest]}", sha256=digest)
-                continue
-            seen_bytes[digest] = download.url
-            pending.add(pool.submit(stage_download, download.url, download.data or b"", download.image_format or "",
-                                    digest, settings, staging_dir, embedder.prepare))
-            if len(pending) >= max_pending:
-                pending = _drain(pending, result, batcher, progress, wait_all=False)
-        _drain(pending, result, batcher, progress, wait_all=True)
+    for item in stage_stream(urls, settings, staging_dir, embedder.prepare, progress):
+        if isinstance(item, Rejected):
+            result.drop(item.url, item.reason, item.detail, **rejection_extra(item))
+        else:
+            batcher.add(item)
     batcher.flush()
     for stage in ("download", "filter", "embed"):
         progress.finish(stage)
     return result
-
-
-def _drain(
-    pending: set[Future[StagedImage | Rejected]], result: Collected, batcher: _Embedder, progress: Progress, wait_all: bool
-) -> set[Future[StagedImage | Rejected]]:
-    done, still = wait(pending, return_when="ALL_COMPLETED" if wait_all else FIRST_COMPLETED)
-    for future in done:
-        item = future.result()
-        progress.advance("filter")
-        if isinstance(item, Rejected):
-            result.drop(item.url, item.reason, item.detail, scores=item.scores)
-        else:
-            batcher.add(item)
-    if progress.cancelled():
-        raise Cancelled("cancelled while filtering")
-    return still

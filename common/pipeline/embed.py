@@ -31,6 +31,27 @@ class ModelLoadError(Exception):
     """The model name or path could not be loaded; the message says what to do."""
 
 
+def load_processor(model: str) -> CLIPProcessor:
+    try:
+        return CLIPProcessor.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load CLIP model {model!r}: {exc}. Give a Hugging Face model name that this "
+            "machine can download, or a local folder saved with save_pretrained (--model / CVDB_MODEL)."
+        ) from exc
+
+
+class ImagePreparer:
+    """CLIP's image preprocessing without the network: what CPU workers run before the GPU step."""
+
+    def __init__(self, model: str) -> None:
+        self.processor = load_processor(model)
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Resize, crop and normalise one image, exactly as ClipEmbedder.prepare does."""
+        return self.processor(images=image, return_tensors="np")["pixel_values"][0]
+
+
 class ClipEmbedder:
     """Loads the model once; `prepare` is thread-safe CPU work, `embed_prepared` runs the network."""
 
@@ -39,8 +60,8 @@ class ClipEmbedder:
         self.device = pick_device(device)
         # fp16 halves memory and doubles throughput on CUDA; CPU kernels want fp32.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.processor = load_processor(model)
         try:
-            self.processor = CLIPProcessor.from_pretrained(model)
             self.model = CLIPModel.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise ModelLoadError(

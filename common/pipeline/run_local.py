@@ -58,25 +58,39 @@ def build(
     staging = out_dir / export.STAGING
     staging.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    by_url = {c.url: c for c in candidates}
     try:
         started = time.perf_counter()
-        collected = collect(list(by_url), settings, embedder, staging, progress)
+        urls = list(dict.fromkeys(c.url for c in candidates))
+        collected = collect(urls, settings, embedder, staging, progress)
         timings["download_filter_embed"] = time.perf_counter() - started
         timings["embed_only"] = collected.embed_seconds
-        kept, selection, query_sims = _select(query, limit, collected, settings, embedder, progress, timings)
-        report = build_report(query, limit, settings, embedder, collected, selection, kept, timings)
-        report["source"] = source or {}
-        if not kept:
-            export.write_failure_report(out_dir, report)
-            raise BuildError(failure_message(report), report)
-        started = time.perf_counter()
-        rows = [_manifest_row(query, i + 1, s, by_url[s.url], query_sims[s.url], selection) for i, s in enumerate(kept)]
-        export.write_dataset(out_dir, [s.path for s in kept], rows, report)
-        report["timings_s"]["export"] = round(time.perf_counter() - started, 3)
-        return BuildResult(out_dir, len(kept), report)
+        return finish(query, candidates, limit, out_dir, settings, embedder, collected, progress, timings, source)
     finally:
         export.remove_staging(out_dir)
+
+
+def finish(
+    query: str, candidates: Sequence[Candidate], limit: int, out_dir: Path, settings: Settings,
+    embedder: ClipEmbedder, collected: Collected, progress: Progress, timings: dict[str, float],
+    source: dict[str, Any] | None = None,
+) -> BuildResult:
+    """Duplicates, clusters, selection and export over staged, embedded images.
+
+    The local runner calls it after `collect`; the service's select task calls it after its
+    fetch and embed tasks, so both paths choose and write exactly the same way.
+    """
+    by_url = {c.url: c for c in candidates}
+    kept, selection, query_sims = _select(query, limit, collected, settings, embedder, progress, timings)
+    report = build_report(query, limit, settings, embedder, collected, selection, kept, timings)
+    report["source"] = source or {}
+    if not kept:
+        export.write_failure_report(out_dir, report)
+        raise BuildError(failure_message(report), report)
+    started = time.perf_counter()
+    rows = [_manifest_row(query, i + 1, s, by_url[s.url], query_sims[s.url], selection) for i, s in enumerate(kept)]
+    export.write_dataset(out_dir, [s.path for s in kept], rows, report)
+    report["timings_s"]["export"] = round(time.perf_counter() - started, 3)
+    return BuildResult(out_dir, len(kept), report)
 
 
 def _select(

@@ -1,0 +1,294 @@
+"""The jobs API: submit, list, inspect, read results, cancel, delete. Views validate, write, enqueue."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
+from flask.typing import ResponseReturnValue
+from pydantic import ValidationError
+from sqlalchemy import Integer, case, func, select
+from zipstream import ZIP_STORED, ZipStream
+
+from api import queue
+from api.schemas import JobRequest
+from common.cli import slug
+from common.config import Settings
+from common.db import db
+from common.models import FINAL_STATUSES, JOB_STATUSES, Candidate, Job
+from common.pipeline.export import MANIFEST, REPORT, OutputError, resolve_output
+
+bp = Blueprint("jobs", __name__, url_prefix="/api")
+IMAGE_NAME = re.compile(r"^img_\d{4,6}\.jpg$")
+ACTIVE = ("queued", "running", "cancelling")
+
+
+def settings() -> Settings:
+    return current_app.config["CVDB_SETTINGS"]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: Any) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> ResponseReturnValue:
+    return jsonify({"error": exc.error, "detail": exc.detail}), exc.status
+
+
+def _json_body() -> dict[str, Any]:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Send the request body as JSON (Content-Type: application/json).")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object, e.g. {\"query\": \"cat\", \"limit\": 50}.")
+    return body
+
+
+def _validation_detail(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"field": ".".join(map(str, e["loc"])) or "body", "message": e["msg"]} for e in exc.errors()]
+
+
+def _job_or_404(job_id: str) -> Job:
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        raise ApiError(404, "not_found", f"No job {job_id!r}: job ids are UUIDs as returned by POST /api/jobs.") from None
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"No job {job_id}; it may have been deleted.")
+    return job
+
+
+def _out_dir(job: Job) -> Path:
+    return resolve_output(settings().data_root / job.out_dir, settings().data_root)
+
+
+@bp.post("/jobs")
+def create_job() -> ResponseReturnValue:
+    return _submit(_json_body())
+
+
+@bp.post("/run")
+def run_alias() -> ResponseReturnValue:
+    """The original dashboard's call: {query, limit, out_dir}."""
+    body = _json_body()
+    if "out_dir" in body and "output" not in body:
+        body["output"] = body.pop("out_dir")
+    return _submit(body)
+
+
+def _submit(body: dict[str, Any]) -> ResponseReturnValue:
+    try:
+        spec = JobRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", _validation_detail(exc)) from None
+    if spec.limit > settings().max_job_limit:
+        detail = [{"field": "limit", "message": f"at most {settings().max_job_limit} on this server"}]
+        raise ApiError(422, "validation_error", detail)
+    job_id = str(uuid.uuid4())
+    output = spec.output or f"{slug(spec.query)}-{job_id[:8]}"
+    _check_output_free(output)
+    job = Job(id=job_id, query=spec.query, request_limit=spec.limit, out_dir=output, source=spec.source,
+              options=spec.pipeline_options(), status="queued", log="", task_ids=[])
+    db.session.add(job)
+    task_id = queue.new_task_id(job, "cpu")
+    job.append_log(f"queued: {spec.limit} images of {spec.query!r} from {spec.source} into {output}")
+    db.session.commit()  # the row exists before any worker can look for it
+    try:
+        queue.enqueue(task_id, "workers.tasks.search", "cpu", job_id)
+    except Exception as exc:  # broker down: say so, and do not leave a job that never starts
+        job.status, job.error = "failed", f"could not queue the job: {type(exc).__name__}"
+        db.session.commit()
+        raise ApiError(503, "service_unavailable", "The job queue (Redis) is unreachable; try again later.") from exc
+    return jsonify({"id": job_id, "status": job.status, "links": _links(job_id)}), 202
+
+
+def _check_output_free(output: str) -> None:
+    try:
+        out_dir = resolve_output(settings().data_root / output, settings().data_root)
+    except OutputError as exc:
+        raise ApiError(422, "validation_error", [{"field": "output", "message": str(exc)}]) from None
+    if (out_dir / MANIFEST).exists() or (out_dir.exists() and any(out_dir.iterdir())):
+        raise ApiError(409, "conflict", f"The output folder {output!r} already holds files; pick another name.")
+    busy = db.session.scalar(select(func.count()).where(Job.out_dir == output, Job.status.in_(ACTIVE)))
+    if busy:
+        raise ApiError(409, "conflict", f"Another running job writes to {output!r}; pick another name.")
+
+
+def _links(job_id: str) -> dict[str, str]:
+    base = f"/api/jobs/{job_id}"
+    return {"self": base, "log": f"{base}/log", "images": f"{base}/images", "manifest": f"{base}/manifest",
+            "archive": f"{base}/archive", "cancel": f"{base}/cancel"}
+
+
+def _progress(job_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Per-stage counts from the candidate rows: exact, and never counted twice."""
+    as_int = lambda condition: func.sum(case((condition, 1), else_=0)).cast(Integer)  # noqa: E731
+    rows = db.session.execute(
+        select(Candidate.job_id, func.count(), as_int(Candidate.fetched),
+               as_int(Candidate.fetched & (Candidate.status != "dropped")), as_int(Candidate.status == "kept"))
+        .where(Candidate.job_id.in_(job_ids)).group_by(Candidate.job_id)
+    ).all()
+    found = {r[0]: {"candidates": r[1], "fetched": r[2], "accepted": r[3], "kept": r[4]} for r in rows}
+    empty = {"candidates": 0, "fetched": 0, "accepted": 0, "kept": 0}
+    return {job_id: found.get(job_id, dict(empty)) for job_id in job_ids}
+
+
+def job_out(job: Job, progress: dict[str, int]) -> dict[str, Any]:
+    data = job.to_dict()
+    data["output"] = data.pop("out_dir")
+    data["options"] = {k: v for k, v in data["options"].items() if k != "source_info"}
+    data["progress"] = progress
+    end = job.finished_at or (db.session.scalar(select(func.now())) if job.started_at else None)
+    data["elapsed_s"] = round((end - job.started_at).total_seconds(), 1) if job.started_at and end else None
+    data["links"] = _links(job.id)
+    return data
+
+
+@bp.get("/jobs")
+def list_jobs() -> ResponseReturnValue:
+    page = _int_arg("page", 1, 1, 100000)
+    per_page = _int_arg("per_page", 20, 1, 100)
+    status = request.args.get("status")
+    query = select(Job)
+    if status is not None:
+        if status not in JOB_STATUSES:
+            raise ApiError(400, "bad_request", f"Unknown status {status!r}; use one of {', '.join(JOB_STATUSES)}.")
+        query = query.where(Job.status == status)
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    jobs = db.session.scalars(query.order_by(Job.created_at.desc(), Job.id).offset((page - 1) * per_page)
+                              .limit(per_page)).all()
+    progress = _progress([j.id for j in jobs])
+    return jsonify({"jobs": [job_out(j, progress[j.id]) for j in jobs], "page": page, "per_page": per_page,
+                    "total": total})
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, "bad_request", f"{name} must be a whole number from {low} to {high}.")
+    return int(raw)
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> ResponseReturnValue:
+    job = _job_or_404(job_id)
+    return jsonify(job_out(job, _progress([job.id])[job.id]))
+
+
+@bp.get("/jobs/<job_id>/log")
+def get_log(job_id: str) -> ResponseReturnValue:
+    job = _job_or_404(job_id)
+    text = job.log or ""
+    return jsonify({"id": job.id, "status": job.status, "log": text, "lines": text.splitlines()})
+
+
+def _manifest_rows(job: Job) -> list[dict[str, Any]]:
+    path = _out_dir(job) / MANIFEST
+    if job.status != "done" or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@bp.get("/jobs/<job_id>/images")
+def list_images(job_id: str) -> ResponseReturnValue:
+    job = _job_or_404(job_id)
+    rows = _manifest_rows(job)
+    images = [{"file": r["file"], "url": f"/api/jobs/{job.id}/images/{r['file']}", "manifest": r} for r in rows]
+    return jsonify({"id": job.id, "count": len(images), "images": images})
+
+
+@bp.get("/jobs/<job_id>/images/<path:name>")
+def get_image(job_id: str, name: str) -> ResponseReturnValue:
+    job = _job_or_404(job_id)
+    if not IMAGE_NAME.fullmatch(name):
+        raise ApiError(404, "not_found", f"No image {name!r}: image names look like img_0001.jpg.")
+    if job.status != "done" or not (_out_dir(job) / name).is_file():
+        raise ApiError(404, "not_found", f"Job {job.id} has no image {name}.")
+    return send_from_directory(_out_dir(job), name, mimetype="image/jpeg", max_age=3600)
+
+
+@bp.get("/jobs/<job_id>/manifest")
+def get_manifest(job_id: str) -> ResponseReturnValue:
+    job = _job_or_404(job_id)
+    _require_done(job)
+    return send_from_directory(_out_dir(job), MANIFEST, mimetype="application/x-ndjson")
+
+
+@bp.get("/jobs/<job_id>/report")
+def get_report(job_id: str) -> ResponseReturnValue:
+    job = _job_or_404(job_id)
+    if not (_out_dir(job) / REPORT).is_file():
+        raise ApiError(404, "not_found", f"Job {job.id} has no report yet (status {job.status}).")
+    return send_from_directory(_out_dir(job), REPORT, mimetype="application/json")
+
+
+def _require_done(job: Job) -> None:
+    if job.status != "done" or not (_out_dir(job) / MANIFEST).is_file():
+        raise ApiError(409, "conflict", f"Job {job.id} is {job.status}; its dataset exists once it is done.")
+
+
+@bp.get("/jobs/<job_id>/archive")
+def get_archive(job_id: str) -> ResponseReturnValue:
+    """The dataset as a zip, streamed as it is read (JPEGs are stored, not recompressed)."""
+    job = _job_or_404(job_id)
+    _require_done(job)
+    out_dir = _out_dir(job)
+    archive = ZipStream(compress_type=ZIP_STORED, sized=True)
+    for row in _manifest_rows(job):
+        archive.add_path(str(out_dir / row["file"]), f"{job.out_dir}/{row['file']}")
+    for name in (REPORT, MANIFEST):  # the manifest last, as on disk
+        archive.add_path(str(out_dir / name), f"{job.out_dir}/{name}")
+    headers = {"Content-Disposition": f'attachment; filename="{job.out_dir}.zip"', "Content-Length": str(len(archive))}
+    return Response(archive, mimetype="application/zip", headers=headers)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> ResponseReturnValue:
+    job = _job_or_404(job_id)
+    job = db.session.get(Job, job.id, with_for_update=True, populate_existing=True)
+    assert job is not None
+    if job.status in FINAL_STATUSES:
+        raise ApiError(409, "conflict", f"Job {job.id} is already {job.status}; nothing to cancel.")
+    job.cancel_requested, job.status = True, "cancelling"
+    job.append_log("cancel requested")
+    sent = list(job.task_ids or [])
+    finisher = queue.new_task_id(job, "cpu")
+    db.session.commit()
+    queue.revoke(sent)
+    queue.enqueue(finisher, "workers.tasks.finish_cancel", "cpu", job.id, countdown=queue.CANCEL_GRACE_S)
+    return jsonify(job_out(job, _progress([job.id])[job.id])), 202
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str) -> ResponseReturnValue:
+    """Delete the history row and the job's dataset folder; refused while the job runs."""
+    job = _job_or_404(job_id)
+    if job.status not in FINAL_STATUSES:
+        raise ApiError(409, "conflict", f"Job {job.id} is {job.status}; cancel it first, then delete it.")
+    out_dir = _out_dir(job)
+    db.session.delete(job)
+    db.session.commit()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return Response(status=204)
+
+
+@bp.post("/jobs/clear")
+def clear_history() -> ResponseReturnValue:
+    """The original's "clear history": finished jobs leave the list; their datasets stay on disk."""
+    jobs = db.session.scalars(select(Job).where(Job.status.in_(tuple(FINAL_STATUSES)))).all()
+    for job in jobs:
+        db.session.delete(job)
+    db.session.commit()
+    return jsonify({"deleted": len(jobs)})
+

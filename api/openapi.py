@@ -1,0 +1,95 @@
+"""The OpenAPI 3.1 document, generated from the pydantic schemas in `api.schemas`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from api import schemas
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+ERRORS = {"404": "No such job.", "409": "Not possible in the job's current state."}
+
+# (method, path, summary, request model, (status, response model or media type), extra parameters, errors)
+ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[dict[str, Any]], tuple[str, ...]]] = [
+    ("post", "/api/jobs", "Submit a job", schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422")),
+    ("post", "/api/run", "Submit a job (the original dashboard's route; `out_dir` is accepted for `output`)",
+     schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422")),
+    ("get", "/api/jobs", "List jobs, newest first", None, ("200", schemas.JobList), [
+        {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
+        {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["queued", "running", "cancelling",
+                                                                                 "cancelled", "done", "failed"]}},
+    ], ("400",)),
+    ("get", "/api/jobs/{job_id}", "A job's status, progress, drop reasons and result", None,
+     ("200", schemas.JobOut), [JOB_ID], ("404",)),
+    ("get", "/api/jobs/{job_id}/log", "The job's log", None, ("200", schemas.LogOut), [JOB_ID], ("404",)),
+    ("get", "/api/jobs/{job_id}/images", "Kept images with their manifest rows", None,
+     ("200", schemas.ImageList), [JOB_ID], ("404",)),
+    ("get", "/api/jobs/{job_id}/images/{name}", "One kept image", None, ("200", "image/jpeg"),
+     [JOB_ID, {"name": "name", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": r"^img_\d{4,6}\.jpg$"}}], ("404",)),
+    ("get", "/api/jobs/{job_id}/manifest", "manifest.jsonl", None, ("200", "application/x-ndjson"), [JOB_ID],
+     ("404", "409")),
+    ("get", "/api/jobs/{job_id}/report", "report.json: every URL's outcome, clusters, thresholds", None,
+     ("200", "application/json"), [JOB_ID], ("404",)),
+    ("get", "/api/jobs/{job_id}/archive", "The dataset as a zip stream", None, ("200", "application/zip"),
+     [JOB_ID], ("404", "409")),
+    ("post", "/api/jobs/{job_id}/cancel", "Cancel a queued or running job", None, ("202", schemas.JobOut),
+     [JOB_ID], ("404", "409")),
+    ("delete", "/api/jobs/{job_id}", "Delete a finished job and its dataset folder", None, ("204", None),
+     [JOB_ID], ("404", "409")),
+    ("post", "/api/jobs/clear", "Remove finished jobs from the history (datasets stay on disk)", None,
+     ("200", schemas.Cleared), [], ()),
+    ("get", "/healthz", "Postgres and Redis reachability", None, ("200", schemas.Health), [], ("503",)),
+]
+_ERROR_TEXT = {"400": "Bad query parameter.", "401": "Missing or wrong bearer token.", "404": ERRORS["404"],
+               "409": ERRORS["409"], "413": "Body over 16 KiB.", "415": "Body is not JSON.",
+               "422": "A field is missing, of the wrong type or out of bounds.",
+               "503": "A backing service is unreachable."}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _content(body: Any) -> dict[str, Any]:
+    if body is None:
+        return {}
+    if isinstance(body, str):
+        schema = {"type": "string", "format": "binary"} if "json" not in body else {}
+        return {"content": {body: {"schema": schema}}}
+    return {"content": {"application/json": {"schema": _ref(body)}}}
+
+
+def _operation(route: tuple[Any, ...], secured: bool) -> dict[str, Any]:
+    _, _, summary, request_model, (status, body), parameters, errors = route
+    responses = {status: {"description": summary, **_content(body)}}
+    for code in (*errors, *(("401",) if secured else ())):
+        responses[code] = {"description": _ERROR_TEXT[code], **_content(schemas.ErrorOut)}
+    operation: dict[str, Any] = {"summary": summary, "parameters": parameters, "responses": responses}
+    if request_model is not None:
+        operation["requestBody"] = {"required": True, **_content(request_model)}
+    return operation
+
+
+def document(secured: bool) -> dict[str, Any]:
+    models = {r[3] for r in ROUTES if r[3]} | {r[4][1] for r in ROUTES if isinstance(r[4][1], type)} | {schemas.ErrorOut}
+    _, definitions = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+                                        ref_template="#/components/schemas/{model}")
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route[1], {})[route[0]] = _operation(route, secured and route[1] != "/healthz")
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "CV Dataset Builder", "version": "1.0.0",
+                 "description": "Turn one image-search query into a clean, de-duplicated, on-topic dataset."},
+        "paths": paths,
+        "components": {"schemas": definitions.get("$defs", {})},
+    }
+    if secured:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearer": []}]
+    return doc

@@ -1,0 +1,41 @@
+"""Sending and revoking a job's Celery tasks from the API, by task name (no worker code imported)."""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+from flask import current_app
+
+from common.models import Job
+
+CANCEL_GRACE_S = 3.0
+
+
+def celery() -> Celery:
+    return current_app.extensions["celery"]
+
+
+def new_task_id(job: Job, queue: str) -> str:
+    """A task id recorded on the job before the task is sent: the caller commits, then enqueues."""
+    task_id = str(uuid.uuid4())
+    job.task_ids = [*(job.task_ids or []), {"id": task_id, "queue": queue}]
+    return task_id
+
+
+def enqueue(task_id: str, name: str, queue: str, *args: object, countdown: float | None = None) -> None:
+    celery().send_task(name, args=list(args), task_id=task_id, queue=queue, countdown=countdown)
+
+
+def revoke(tasks: list[dict[str, str]]) -> None:
+    """Revoke these tasks of a job (as recorded in Job.task_ids). Prefork CPU tasks are interrupted too: SIGUSR1 raises
+    SoftTimeLimitExceeded inside the task, which ends it as cancelled. The solo GPU worker
+    cannot be signalled that way; its tasks stop at the cancel flag between batches."""
+    ids = {"cpu": [], "gpu": []}  # type: dict[str, list[str]]
+    for task in tasks:
+        ids.setdefault(task.get("queue", "cpu"), []).append(task["id"])
+    control = celery().control
+    if ids["cpu"]:
+        control.revoke(ids["cpu"], terminate=True, signal="SIGUSR1")
+    if ids["gpu"]:
+        control.revoke(ids["gpu"])

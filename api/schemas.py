@@ -1,0 +1,151 @@
+"""Request and response shapes of the REST API; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+OUTPUT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SOURCES = ("naver", "naver-api", "naver-browser", "auto", "urls")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class JobRequest(BaseModel):
+    """A dataset to build. Only `query` is required; every option is bounded."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    query: str = Field(min_length=1, max_length=200, description="What the images should show, e.g. 고양이.")
+    limit: int = Field(50, ge=1, le=1000, description="How many images to keep at most.")
+    output: str | None = Field(None, pattern=OUTPUT_NAME,
+                               description="Output folder name under the data folder; default: <query>-<id>.")
+    source: Literal["naver", "naver-api", "naver-browser", "auto", "urls"] = Field(
+        "naver", description="Where candidates come from; `urls` uses the `urls` list.")
+    urls: list[str] | None = Field(None, max_length=1000, description="Image URLs, for source `urls`.")
+    select: Literal["query", "largest"] = Field(
+        "query", description="Keep the cluster that best matches the query, or the largest one.")
+    oversample: float | None = Field(None, ge=1.0, le=10.0, description="Candidates collected per image asked for.")
+    eps: float | None = Field(None, ge=0.05, le=0.5, description="DBSCAN radius in cosine distance.")
+    min_samples: int | None = Field(None, ge=2, le=50, description="DBSCAN core size.")
+    min_side: int | None = Field(None, ge=32, le=4000, description="Smallest accepted shorter side, pixels.")
+    min_sharpness: float | None = Field(None, ge=0, le=10000, description="Smallest accepted Laplacian variance.")
+    near_duplicate_cosine: float | None = Field(None, ge=0.5, le=1.0,
+                                                description="CLIP cosine from which two images are copies.")
+
+    @field_validator("query")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if _CONTROL.search(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, value: list[str] | None) -> list[str] | None:
+        for url in value or []:
+            if len(url) > 2000 or not re.match(r"^https?://[^\s]+$", url):
+                raise ValueError(f"not an http(s) URL: {url[:80]!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _urls_match_source(self) -> JobRequest:
+        if self.source == "urls" and not self.urls:
+            raise ValueError("source 'urls' needs a non-empty `urls` list")
+        if self.source != "urls" and self.urls:
+            raise ValueError("`urls` is only used with source 'urls'")
+        return self
+
+    def pipeline_options(self) -> dict[str, Any]:
+        """The options a worker applies over its own settings (only those the user gave)."""
+        names = ("select", "oversample", "eps", "min_samples", "min_side", "min_sharpness", "near_duplicate_cosine")
+        options = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        return {**options, "urls": self.urls} if self.urls else options
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="A short code, e.g. not_found, validation_error.")
+    detail: Any = Field(description="What went wrong and what to do; a list of field errors for 422.")
+
+
+class Links(BaseModel):
+    self: str
+    log: str
+    images: str
+    manifest: str
+    archive: str
+    cancel: str
+
+
+class StageProgress(BaseModel):
+    candidates: int = Field(description="Candidate URLs found by the search.")
+    fetched: int = Field(description="Candidates downloaded and checked so far (kept or dropped).")
+    accepted: int = Field(description="Fetched images that passed the download and quality checks.")
+    kept: int
+
+
+class JobOut(BaseModel):
+    id: str
+    query: str
+    limit: int
+    output: str
+    source: str
+    options: dict[str, Any]
+    status: Literal["queued", "running", "cancelling", "cancelled", "done", "failed"]
+    stage: str | None
+    count: int
+    error: str | None
+    cancel_requested: bool
+    progress: StageProgress
+    drop_counts: dict[str, int]
+    stage_counts: dict[str, Any]
+    fetch_chunks: dict[str, int]
+    result: dict[str, Any]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    elapsed_s: float | None
+    links: Links
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: str
+    links: Links
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    page: int
+    per_page: int
+    total: int
+
+
+class LogOut(BaseModel):
+    id: str
+    status: str
+    log: str
+    lines: list[str]
+
+
+class ImageOut(BaseModel):
+    file: str
+    url: str = Field(description="Where to fetch this image from the API.")
+    manifest: dict[str, Any] = Field(description="The image's row of manifest.jsonl: source URL, scores, cluster.")
+
+
+class ImageList(BaseModel):
+    id: str
+    count: int
+    images: list[ImageOut]
+
+
+class Cleared(BaseModel):
+    deleted: int
+
+
+class Health(BaseModel):
+    status: str
+    postgres: str
+    redis: str

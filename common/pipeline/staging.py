@@ -1,0 +1,68 @@
+"""Staged images kept on disk between the service's tasks: fetch writes, embed and select read.
+
+Beside each staged `<key>.jpg` lie `<key>.json` (size, format, scores, hashes), `<key>.npz`
+(the fingerprint arrays and CLIP's prepared pixels) and, once embedded, `<key>.clip.npy`.
+Every file is written atomically, so a task that dies mid-way leaves whole files or none.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.pipeline.accept import StagedImage
+from common.pipeline.dedup import Fingerprint
+from common.pipeline.export import atomic_write
+
+
+def key(source_sha256: str) -> str:
+    """Staged files are named by content, so a chunk done twice writes the same files again."""
+    return source_sha256[:16]
+
+
+def save(staged: StagedImage) -> None:
+    folder, name = staged.path.parent, key(staged.source_sha256)
+    arrays = {"thumb": staged.fingerprint.thumb, "layout": staged.fingerprint.layout}
+    if staged.pixel_values is not None:
+        arrays["pixels"] = staged.pixel_values
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(folder / f"{name}.npz", buffer.getvalue(), durable=False)
+    meta = {"url": staged.url, "source_sha256": staged.source_sha256, "width": staged.width,
+            "height": staged.height, "image_format": staged.image_format, "scores": staged.scores,
+            "pixel_hash": staged.fingerprint.pixel_hash, "phash": staged.fingerprint.phash}
+    # The metadata goes last: its presence means the image and arrays are complete.
+    atomic_write(folder / f"{name}.json", json.dumps(meta).encode(), durable=False)
+
+
+def exists(folder: Path, source_sha256: str) -> bool:
+    return (folder / f"{key(source_sha256)}.json").is_file()
+
+
+def load(folder: Path, source_sha256: str, url: str, with_pixels: bool = False) -> StagedImage:
+    """The staged image as the fetch task left it, credited to `url` (copies share one file)."""
+    name = key(source_sha256)
+    meta = json.loads((folder / f"{name}.json").read_text())
+    with np.load(folder / f"{name}.npz") as arrays:
+        fingerprint = Fingerprint(meta["pixel_hash"], int(meta["phash"]), arrays["thumb"], arrays["layout"])
+        pixels = arrays["pixels"] if with_pixels else None
+    return StagedImage(url=url, source_sha256=source_sha256, path=folder / f"{name}.jpg", width=meta["width"],
+                       height=meta["height"], image_format=meta["image_format"], scores=meta["scores"],
+                       fingerprint=fingerprint, pixel_values=pixels)
+
+
+def save_vector(folder: Path, source_sha256: str, vector: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, vector.astype(np.float32))
+    atomic_write(folder / f"{key(source_sha256)}.clip.npy", buffer.getvalue(), durable=False)
+
+
+def has_vector(folder: Path, source_sha256: str) -> bool:
+    return (folder / f"{key(source_sha256)}.clip.npy").is_file()
+
+
+def load_vector(folder: Path, source_sha256: str) -> np.ndarray:
+    return np.load(folder / f"{key(source_sha256)}.clip.npy")

@@ -1,0 +1,237 @@
+"""The REST API's answers to good and bad requests: the real app, a throwaway Postgres, a real Redis.
+
+No worker runs here: submitted jobs wait in this test's own Redis db, which is emptied afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import flask_migrate
+import pytest
+import redis
+import schemathesis
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+
+from api import create_app
+from common.config import Settings
+from common.db import db
+from common.models import Job
+from service_harness import create_database, drop_database, free_redis_db
+
+TOKEN = "test-token-" + uuid.uuid4().hex
+
+
+def make_app(tmp: Path, database_url: str, redis_url: str, **overrides: Any) -> Flask:
+    config = Settings(data_root=tmp / "data", redis_url=redis_url, database_url=database_url, **overrides)
+    return create_app({"CVDB_SETTINGS": config, "SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True})
+
+
+@pytest.fixture(scope="module")
+def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
+    tmp, database_url, redis_url = tmp_path_factory.mktemp("api"), create_database(), free_redis_db()
+    app = make_app(tmp, database_url, redis_url)
+    with app.app_context():
+        flask_migrate.upgrade()
+        db.engine.dispose()
+    try:
+        yield tmp, database_url, redis_url
+    finally:
+        redis.Redis.from_url(redis_url).flushdb()
+        drop_database(database_url)
+
+
+@pytest.fixture(scope="module")
+def app(backing: tuple[Path, str, str]) -> Iterator[Flask]:
+    app = make_app(*backing)
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def finished_job(app: Flask, status: str = "done", output: str | None = None) -> str:
+    with app.app_context():
+        job = Job(query="cat", request_limit=5, out_dir=output or f"out-{uuid.uuid4().hex[:6]}", source="naver",
+                  status=status, options={}, log="", task_ids=[])
+        db.session.add(job)
+        db.session.commit()
+        return job.id
+
+
+def assert_error(response: Any, status: int, error: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.data
+    body = response.get_json()
+    assert set(body) == {"error", "detail"} and body["detail"], body
+    if error:
+        assert body["error"] == error
+    return dict(body)
+
+
+def test_submit_answers_202_with_links_and_queues_the_search(client: FlaskClient, backing: tuple[Path, str, str]) -> None:
+    response = client.post("/api/jobs", json={"query": "  고양이 ", "limit": 7, "select": "largest"})
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "queued" and body["links"]["self"] == f"/api/jobs/{body['id']}"
+    job = client.get(f"/api/jobs/{body['id']}").get_json()
+    assert job["query"] == "고양이" and job["limit"] == 7 and job["options"] == {"select": "largest"}
+    assert job["output"].startswith("dataset-") and job["progress"]["candidates"] == 0
+    queued = redis.Redis.from_url(backing[2]).lrange("cpu", 0, -1)
+    assert any(body["id"].encode() in message for message in queued)
+
+
+def test_the_original_dashboards_run_route_still_works(client: FlaskClient) -> None:
+    response = client.post("/api/run", json={"query": "cat", "limit": 3, "out_dir": "cats-original"})
+    assert response.status_code == 202
+    assert client.get(response.get_json()["links"]["self"]).get_json()["output"] == "cats-original"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "query"),
+    ({"query": ""}, "query"),
+    ({"query": "   "}, "query"),
+    ({"query": "a\x00b"}, "query"),
+    ({"query": "x" * 201}, "query"),
+    ({"query": "cat", "limit": "many"}, "limit"),
+    ({"query": "cat", "limit": 0}, "limit"),
+    ({"query": "cat", "limit": 10**9}, "limit"),
+    ({"query": "cat", "output": "../escape"}, "output"),
+    ({"query": "cat", "output": "a/b"}, "output"),
+    ({"query": "cat", "output": ".hidden"}, "output"),
+    ({"query": "cat", "source": "google"}, "source"),
+    ({"query": "cat", "eps": 5}, "eps"),
+    ({"query": "cat", "source": "urls"}, "body"),
+    ({"query": "cat", "source": "urls", "urls": ["file:///etc/passwd"]}, "urls"),
+    ({"query": "cat", "unknown": 1}, "unknown"),
+    ({"query": ["cat"]}, "query"),
+])
+def test_bad_submissions_get_422_naming_the_field(client: FlaskClient, body: dict[str, Any], field: str) -> None:
+    detail = assert_error(client.post("/api/jobs", json=body), 422, "validation_error")["detail"]
+    assert any(d["field"].startswith(field) for d in detail), detail
+
+
+def test_malformed_bodies_get_clear_4xx(client: FlaskClient) -> None:
+    assert_error(client.post("/api/jobs", data="query=cat"), 415, "unsupported_media_type")
+    assert_error(client.post("/api/jobs", data="{not json", content_type="application/json"), 400, "bad_request")
+    assert_error(client.post("/api/jobs", json=["cat"]), 400, "bad_request")
+    assert_error(client.post("/api/jobs", data=b"x" * 20000, content_type="application/json"), 413)
+
+
+def test_an_output_in_use_is_a_conflict(client: FlaskClient, app: Flask, backing: tuple[Path, str, str]) -> None:
+    (backing[0] / "data" / "taken").mkdir(parents=True)
+    (backing[0] / "data" / "taken" / "manifest.jsonl").write_text("{}\n")
+    assert_error(client.post("/api/jobs", json={"query": "cat", "output": "taken"}), 409, "conflict")
+    assert client.post("/api/jobs", json={"query": "cat", "output": "busy"}).status_code == 202
+    assert_error(client.post("/api/jobs", json={"query": "dog", "output": "busy"}), 409, "conflict")
+
+
+@pytest.mark.parametrize("path", [
+    "/api/jobs/not-a-uuid", f"/api/jobs/{uuid.uuid4()}", f"/api/jobs/{uuid.uuid4()}/log",
+    f"/api/jobs/{uuid.uuid4()}/images", f"/api/jobs/{uuid.uuid4()}/archive",
+])
+def test_unknown_jobs_are_404(client: FlaskClient, path: str) -> None:
+    assert_error(client.get(path), 404, "not_found")
+
+
+@pytest.mark.parametrize("name", ["..%2f..%2fetc%2fpasswd", "../../etc/passwd", "img_0001.jpg%00.png",
+                                  "manifest.jsonl", "img_1.jpg", "%2e%2e/report.json"])
+def test_image_names_cannot_leave_the_dataset(client: FlaskClient, app: Flask, name: str) -> None:
+    job_id = finished_job(app)
+    response = client.get(f"/api/jobs/{job_id}/images/{name}")
+    assert response.status_code == 404 and response.get_json()["error"] == "not_found"
+
+
+def test_results_of_an_unfinished_job_are_a_conflict(client: FlaskClient, app: Flask) -> None:
+    job_id = finished_job(app, status="running")
+    assert_error(client.get(f"/api/jobs/{job_id}/archive"), 409, "conflict")
+    assert_error(client.get(f"/api/jobs/{job_id}/manifest"), 409, "conflict")
+    assert client.get(f"/api/jobs/{job_id}/images").get_json()["images"] == []
+    assert_error(client.delete(f"/api/jobs/{job_id}"), 409, "conflict")
+
+
+def test_cancel_and_delete_follow_the_job_state(client: FlaskClient, app: Flask, backing: tuple[Path, str, str]) -> None:
+    done = finished_job(app, output="finished-set")
+    assert_error(client.post(f"/api/jobs/{done}/cancel"), 409, "conflict")
+    folder = backing[0] / "data" / "finished-set"
+    folder.mkdir(parents=True)
+    (folder / "img_0001.jpg").write_bytes(b"jpeg")
+    assert client.delete(f"/api/jobs/{done}").status_code == 204
+    assert not folder.exists()
+    assert_error(client.get(f"/api/jobs/{done}"), 404)
+    queued = client.post("/api/jobs", json={"query": "cat"}).get_json()["id"]
+    cancelled = client.post(f"/api/jobs/{queued}/cancel")
+    assert cancelled.status_code == 202 and cancelled.get_json()["status"] == "cancelling"
+
+
+def test_clear_removes_only_finished_jobs_and_keeps_their_files(client: FlaskClient, app: Flask,
+                                                                backing: tuple[Path, str, str]) -> None:
+    kept_files = backing[0] / "data" / "cleared-set"
+    kept_files.mkdir(parents=True)
+    (kept_files / "manifest.jsonl").write_text("{}\n")
+    finished = [finished_job(app, s, output=o) for s, o in (("done", "cleared-set"), ("failed", None))]
+    running = finished_job(app, "running")
+    assert client.post("/api/jobs/clear").get_json()["deleted"] >= 2
+    for job_id in finished:
+        assert client.get(f"/api/jobs/{job_id}").status_code == 404
+    assert client.get(f"/api/jobs/{running}").status_code == 200
+    assert kept_files.exists()
+
+
+def test_listing_pages_and_filters(client: FlaskClient, app: Flask) -> None:
+    ids = [finished_job(app, "failed") for _ in range(3)]
+    page = client.get("/api/jobs?status=failed&per_page=2").get_json()
+    assert page["per_page"] == 2 and len(page["jobs"]) == 2 and page["total"] >= 3
+    assert all(j["status"] == "failed" for j in page["jobs"])
+    assert page["jobs"][0]["id"] == ids[-1]  # newest first
+    assert_error(client.get("/api/jobs?status=exploded"), 400, "bad_request")
+    assert_error(client.get("/api/jobs?page=0"), 400, "bad_request")
+    assert_error(client.get("/api/jobs?per_page=abc"), 400, "bad_request")
+
+
+def test_tokens_protect_the_api_when_configured(backing: tuple[Path, str, str]) -> None:
+    app = make_app(*backing, api_tokens=f"other,{TOKEN}")
+    client = app.test_client()
+    assert_error(client.get("/api/jobs"), 401, "unauthorized")
+    assert_error(client.get("/api/jobs", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+    assert client.get("/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    document = client.get("/api/openapi.json").get_json()
+    assert document["security"] == [{"bearer": []}]
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_openapi_document_describes_every_route(client: FlaskClient, app: Flask) -> None:
+    document = client.get("/api/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1")
+    routes = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules() for method in rule.methods or ()
+              if rule.rule.startswith("/api/") and rule.rule != "/api/openapi.json" and method not in ("HEAD", "OPTIONS")}
+    documented = {(path.replace("{job_id}", "<job_id>").replace("{name}", "<path:name>"), method)
+                  for path, methods in document["paths"].items() for method in methods}
+    assert routes <= documented
+    assert document["components"]["schemas"]["JobRequest"]["properties"]["limit"]["maximum"] == 1000
+
+
+def test_fuzzing_the_openapi_document_finds_no_server_error(app: Flask) -> None:
+    """Generated requests for every documented operation: any answer but a 5xx is acceptable."""
+    schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 14
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def no_server_error(case: Any) -> None:
+            response = case.call()
+            assert response.status_code < 500, (case.method, case.formatted_path, response.text[:300])
+
+        no_server_error()

@@ -1,0 +1,164 @@
+"""The service end to end: real API, Redis, Postgres, Celery worker processes, the fake Naver.
+
+One `cvdb serve` runs for the whole module (see conftest `service`): two CPU workers with one
+process each, the GPU worker on the CPU, beat and Flower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from common.devkit import corpus
+from common.devkit.fake_naver import FakeNaver
+from common.devkit.image_server import ImageServer
+from common.devkit.scenario import Scenario
+from conftest import service_settings
+from service_harness import CVDB, Service, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def files_by_hash(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("img_*.jpg"))}
+
+
+def job_dir(service: Service, job: dict[str, Any]) -> Path:
+    return service.data_root / job["output"]
+
+
+@pytest.fixture(scope="module")
+def done_job(service: Service) -> dict[str, Any]:
+    job_id = service.submit(query=corpus.TARGET, limit=100, output="sunflowers")
+    return service.wait_status(job_id, {"done", "failed", "cancelled"})
+
+
+def test_job_runs_through_both_queues_to_done(service: Service, done_job: dict[str, Any]) -> None:
+    assert done_job["status"] == "done", done_job["error"]
+    assert done_job["count"] > 0 and done_job["progress"]["kept"] == done_job["count"]
+    assert done_job["fetch_chunks"]["done"] == done_job["fetch_chunks"]["total"] > 1
+    assert done_job["drop_counts"] and done_job["result"]["chosen_cluster"] is not None
+    log = service.api("GET", f"/api/jobs/{done_job['id']}/log").json()["log"]
+    for step in ("searching naver", "fetching in", "all chunks fetched; embedding", "done: saved"):
+        assert step in log
+    assert not (job_dir(service, done_job) / ".staging").exists()
+
+
+def test_files_equal_what_cvdb_build_makes(service: Service, done_job: dict[str, Any], tmp_path: Path,
+                                           tiny_clip: Path, fake_naver: FakeNaver) -> None:
+    env = {**os.environ, "CVDB_DATA_ROOT": str(tmp_path)}
+    env.update({f"CVDB_{k.upper()}": str(v) for k, v in service_settings(tiny_clip, fake_naver).items()})
+    done = subprocess.run([CVDB, "build", corpus.TARGET, "--limit", "100", "--out", str(tmp_path / "local")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    local, served = tmp_path / "local", job_dir(service, done_job)
+    assert files_by_hash(served) == files_by_hash(local)
+    local_rows = [json.loads(line) for line in (local / "manifest.jsonl").read_text().splitlines()]
+    served_rows = [json.loads(line) for line in (served / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["url"], r["sha256"]) for r in served_rows] == [(r["file"], r["url"], r["sha256"]) for r in local_rows]
+
+
+def test_results_are_served_over_the_api(service: Service, done_job: dict[str, Any]) -> None:
+    job_id, folder = done_job["id"], job_dir(service, done_job)
+    images = service.api("GET", f"/api/jobs/{job_id}/images").json()
+    assert images["count"] == done_job["count"] == len(images["images"])
+    first = images["images"][0]
+    assert first["manifest"]["file"] == first["file"] and "query_similarity" in first["manifest"]
+    picture = service.api("GET", first["url"])
+    assert picture.status_code == 200 and picture.headers["Content-Type"] == "image/jpeg"
+    assert picture.content == (folder / first["file"]).read_bytes()
+    manifest = service.api("GET", f"/api/jobs/{job_id}/manifest")
+    assert manifest.content == (folder / "manifest.jsonl").read_bytes()
+    archive = zipfile.ZipFile(io.BytesIO(service.api("GET", f"/api/jobs/{job_id}/archive").content))
+    names = archive.namelist()
+    assert names[-1] == "sunflowers/manifest.jsonl" and "sunflowers/report.json" in names
+    for name in names:
+        assert archive.read(name) == (folder / Path(name).name).read_bytes()
+
+
+def test_two_jobs_at_once_both_finish_on_both_cpu_workers(service: Service) -> None:
+    ids = [service.submit(query=corpus.TARGET, limit=40), service.submit(query="해바라기", limit=40)]
+    jobs = [service.wait_status(job_id, {"done", "failed", "cancelled"}) for job_id in ids]
+    assert [j["status"] for j in jobs] == ["done", "done"], [j["error"] for j in jobs]
+    logs = "".join(service.api("GET", f"/api/jobs/{j}/log").json()["log"] for j in ids)
+    workers = {line.split("(worker ")[1].split("@")[0] for line in logs.splitlines() if "(worker " in line}
+    assert workers == {"cpu-1", "cpu-2"}
+
+
+def slow_urls(image_server: ImageServer, n: int, seconds: float, tag: str) -> list[str]:
+    return [image_server.url(f"/slow/{seconds}?{tag}={i}") for i in range(n)]
+
+
+def test_cancel_during_fetch_stops_within_seconds(service: Service, image_server: ImageServer) -> None:
+    job_id = service.submit(query="slow", limit=10, source="urls",
+                            urls=slow_urls(image_server, 60, 25, "cancel-fetch"), output="cancel-fetch")
+    wait_for(lambda: service.job(job_id)["stage"] == "fetch" and service.active_tasks(), 60, "fetch to start")
+    assert service.api("POST", f"/api/jobs/{job_id}/cancel").status_code == 202
+    job = service.wait_status(job_id, {"cancelled"}, timeout_s=8)
+    assert job["stage"] == "fetch"
+    wait_for(lambda: not service.active_tasks(), 30, "the workers to be idle")
+    job = service.job(job_id)
+    assert job["status"] == "cancelled" and "embedding" not in service.api("GET", f"/api/jobs/{job_id}/log").text
+    assert not (service.data_root / "cancel-fetch").exists()
+
+
+def test_cancel_while_the_job_waits_for_embedding(service: Service) -> None:
+    gpu = service.worker_pid("gpu")
+    os.kill(gpu, signal.SIGSTOP)  # the GPU worker is busy elsewhere: the job waits at embed
+    try:
+        job_id = service.submit(query=corpus.TARGET, limit=30, output="cancel-embed")
+        wait_for(lambda: service.job(job_id)["stage"] == "embed", 120, "the job to reach embed")
+        assert service.api("POST", f"/api/jobs/{job_id}/cancel").status_code == 202
+        service.wait_status(job_id, {"cancelled"}, timeout_s=10)
+    finally:
+        os.kill(gpu, signal.SIGCONT)
+    wait_for(lambda: f"gpu@" in "".join(service.nodes()), 30, "the GPU worker to answer again")
+    wait_for(lambda: not service.active_tasks(), 30, "the workers to be idle")
+    job = service.job(job_id)
+    assert job["status"] == "cancelled" and job["stage"] == "embed"
+    assert not (service.data_root / "cancel-embed").exists()
+
+
+def test_a_killed_worker_process_does_not_lose_or_duplicate_work(service: Service, scenario: Scenario,
+                                                                 image_server: ImageServer) -> None:
+    urls = list(scenario.urls)
+    for i in range(0, len(urls), 10):  # every chunk of 20 waits on slow downloads
+        urls.insert(i, image_server.url(f"/slow/4?kill={i}"))
+    job_id = service.submit(query=corpus.TARGET, limit=100, source="urls", urls=urls, output="killed")
+    running = wait_for(lambda: [t for t in service.active_tasks() if t["name"] == "workers.tasks.fetch_chunk"],
+                       60, "a fetch chunk to run")
+    os.kill(int(running[0]["worker_pid"]), signal.SIGKILL)
+    job = service.wait_status(job_id, {"done", "failed", "cancelled"})
+    assert job["status"] == "done", job["error"]
+    log = service.api("GET", f"/api/jobs/{job_id}/log").json()["log"]
+    chunk = running[0]["args"][1]
+    assert log.count(f"chunk {chunk}: ") == 1  # finished once, by the redelivered task
+    rows = [json.loads(line) for line in (service.data_root / "killed" / "manifest.jsonl").read_text().splitlines()]
+    assert len({r["source_sha256"] for r in rows}) == len(rows) == job["count"]
+    assert len(list((service.data_root / "killed").glob("img_*.jpg"))) == len(rows)
+
+
+def test_flower_needs_its_password_and_shows_both_queues(service: Service) -> None:
+    url = f"http://127.0.0.1:{service.flower_port}"
+    wait_for(lambda: _get(f"{url}/api/workers?refresh=1", service.flower_auth), 60, "Flower to answer")
+    assert requests.get(f"{url}/api/workers", timeout=10).status_code == 401
+    workers = requests.get(f"{url}/api/workers?refresh=1", auth=service.flower_auth, timeout=30).json()
+    queues = {q["name"] for info in workers.values() for q in info.get("active_queues", [])}
+    assert queues == {"cpu", "gpu"}
+
+
+def _get(url: str, auth: tuple[str, str]) -> bool:
+    try:
+        return requests.get(url, auth=auth, timeout=10).status_code == 200
+    except requests.RequestException:
+        return False

@@ -1,0 +1,60 @@
+"""The Celery app: queues, routing and reliability settings, with every task inside a Flask app context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from flask import Flask
+
+from common.config import Settings
+
+# The GPU queue gets the model work; everything else (search, fetch, bookkeeping) is CPU work.
+ROUTES = {
+    "workers.tasks.embed": {"queue": "gpu"},
+    "workers.tasks.select": {"queue": "gpu"},
+    "workers.tasks.*": {"queue": "cpu"},
+}
+# Unacknowledged tasks come back after this long; longer than any task may run.
+VISIBILITY_TIMEOUT_S = 4 * 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # job state lives in Postgres, not in a result backend
+        "task_default_queue": "cpu",
+        "task_routes": ROUTES,
+        # Long tasks: take one at a time and acknowledge after the work, so a crash redelivers it.
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_soft_time_limit": 15 * 60,
+        "task_time_limit": 20 * 60,
+        "worker_max_tasks_per_child": 200,
+        "beat_schedule": {"sweep": {"task": "workers.tasks.sweep", "schedule": settings.sweep_every_s}},
+        # Natively the schedule file lives beside the datasets, not in whatever folder beat starts in.
+        "beat_schedule_filename": str(settings.data_root / ".celerybeat-schedule"),
+    }
+
+
+def make_celery(flask_app: Flask) -> Celery:
+    """The Flask docs' pattern: each task runs in an app context, so it can use the database."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with flask_app.app_context():
+                return self.run(*args, **kwargs)
+
+    settings: Settings = flask_app.config["CVDB_SETTINGS"]
+    app = Celery("cvdb", task_cls=FlaskTask)
+    app.config_from_object(celery_config(settings))
+    app.set_default()
+    flask_app.extensions["celery"] = app
+    return app

@@ -1,0 +1,302 @@
+"""The body of each task: the pipeline's stages run over a job's rows and staging folder.
+
+search -> fetch chunks (in parallel) -> fan-in -> embed -> select + export. Each function
+returns what should be enqueued next; the Celery tasks in `workers.tasks` do the enqueueing.
+Work already done is skipped, so a redelivered task repeats nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from sqlalchemy import select
+
+from common.db import db
+from common.models import Candidate as CandidateRow
+from common.models import Job
+from common.pipeline import export, staging
+from common.pipeline.accept import Rejected, StagedImage
+from common.pipeline.collect import Collected, rejection_extra, stage_stream
+from common.pipeline.embed import ClipEmbedder, ImagePreparer
+from common.pipeline.progress import Cancelled
+from common.pipeline.records import Candidate, Outcome
+from common.pipeline.run_local import BuildError, candidate_budget, finish
+from common.pipeline.sources import SearchResult, SourceError, search
+from common.pipeline.sources.urls import UrlsSource
+from workers import jobstate
+from workers.jobstate import JobError, job_settings
+
+__all__ = ["JobError", "run_embed", "run_fetch_chunk", "run_search", "run_select"]
+
+
+class JobProgress:
+    """Progress for stage code running in a task: the cancel flag is read at most twice a second."""
+
+    def __init__(self, job_id: str, every_s: float = 0.5) -> None:
+        self.job_id, self.every_s = job_id, every_s
+        self._checked, self._cancelled = 0.0, False
+
+    def start(self, stage: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        pass
+
+    def finish(self, stage: str) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        jobstate.log_line(self.job_id, message)
+
+    def cancelled(self) -> bool:
+        if not self._cancelled and time.monotonic() - self._checked >= self.every_s:
+            self._checked = time.monotonic()
+            self._cancelled = jobstate.cancel_requested(self.job_id)
+            db.session.commit()  # end the read transaction: the next read sees new commits
+        return self._cancelled
+
+
+def _find(job: Job) -> SearchResult:
+    settings = job_settings(job)
+    budget = candidate_budget(job.request_limit, settings)
+    urls = (job.options or {}).get("urls")
+    if job.source == "urls":
+        candidates = UrlsSource("-", stdin=io.StringIO("\n".join(urls or []))).search(job.query, budget)
+        return SearchResult(candidates, "urls", [{"source": "urls", "outcome": "ok", "count": len(candidates)}])
+    return search(job.query, budget, settings, source=job.source)
+
+
+def run_search(job_id: str) -> list[int]:
+    """Find candidates, store one row per URL in chunks; returns the chunks to fetch."""
+    job = jobstate.active(job_id)
+    if job is None:
+        return []
+    if job.stage == "fetch":  # redelivered after the rows were stored: resend what is left
+        return unfetched_chunks(job_id)
+    if job.stage not in (None, "search"):
+        return []
+    job.status, job.stage, job.started_at, job.heartbeat_at = "running", "search", jobstate.now(), jobstate.now()
+    db.session.commit()
+    settings = job_settings(job)
+    jobstate.log_line(job_id, f"searching {job.source} for {job.query!r}")
+    db.session.commit()
+    try:
+        export.prepare_output(jobstate.output_dir(job, settings), overwrite=False)
+        found = _find(job)
+    except (SourceError, export.OutputError) as exc:
+        raise JobError(str(exc)) from exc
+    return _store_candidates(job_id, found, settings.fetch_chunk_size)
+
+
+def _store_candidates(job_id: str, found: SearchResult, chunk_size: int) -> list[int]:
+    job = jobstate.locked(job_id)
+    if job is None or job.stage != "search":
+        db.session.rollback()
+        return []
+    unique = list({c.url: c for c in found.candidates}.values())
+    for index, c in enumerate(unique):
+        meta = {"thumbnail_url": c.thumbnail_url, "source_page": c.source_page, "title": c.title,
+                "width": c.width, "height": c.height}
+        db.session.add(CandidateRow(job_id=job_id, url=c.url, rank=c.rank, source=c.source, meta=meta,
+                                    chunk=index // chunk_size))
+    chunks = list(range((len(unique) + chunk_size - 1) // chunk_size))
+    job.stage, job.fetch_chunks_total = "fetch", len(chunks)
+    job.options = {**(job.options or {}), "source_info": {"served_by": found.served_by, "attempts": found.attempts}}
+    db.session.commit()
+    jobstate.log_line(job_id, f"{len(unique)} candidates from {found.served_by}; fetching in {len(chunks)} chunks")
+    db.session.commit()
+    return chunks
+
+
+def unfetched_chunks(job_id: str) -> list[int]:
+    query = select(CandidateRow.chunk).where(CandidateRow.job_id == job_id, ~CandidateRow.fetched).distinct()
+    return sorted(db.session.scalars(query).all())
+
+
+_preparers: dict[str, ImagePreparer] = {}
+
+
+def _preparer(model: str) -> ImagePreparer:
+    """CLIP's preprocessing, loaded once per worker process and model."""
+    if model not in _preparers:
+        _preparers[model] = ImagePreparer(model)
+    return _preparers[model]
+
+
+def run_fetch_chunk(job_id: str, chunk: int, worker: str = "") -> bool:
+    """Download, check and stage one chunk's URLs; True when this chunk completed the fetch."""
+    job = jobstate.active(job_id)
+    if job is None or job.stage != "fetch" or not _count_attempt(job_id, chunk):
+        return _fan_in(job_id) if job is not None else False
+    settings = job_settings(job)
+    folder = jobstate.staging_dir(job, settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {r.url: r for r in db.session.scalars(_chunk_rows(job_id, chunk)).all()}
+    prepare = _preparer(settings.model).prepare
+    accepted = 0
+    for item in stage_stream(list(rows), settings, folder, prepare, JobProgress(job_id)):
+        accepted += _record(rows[item.url], item)
+        jobstate.heartbeat(job_id)
+        db.session.commit()
+    jobstate.log_line(job_id, f"chunk {chunk}: {accepted} of {len(rows)} URLs accepted (worker {worker or '?'})")
+    db.session.commit()
+    return _fan_in(job_id)
+
+
+def _chunk_rows(job_id: str, chunk: int):  # type: ignore[no-untyped-def]
+    return (select(CandidateRow).where(CandidateRow.job_id == job_id, CandidateRow.chunk == chunk,
+                                       ~CandidateRow.fetched).order_by(CandidateRow.rank))
+
+
+def _count_attempt(job_id: str, chunk: int) -> bool:
+    """Count a start of this chunk; past the limit its URLs are dropped so the job can go on."""
+    job = jobstate.locked(job_id)
+    assert job is not None
+    attempts = dict(job.chunk_attempts or {})
+    attempts[str(chunk)] = attempts.get(str(chunk), 0) + 1
+    job.chunk_attempts = attempts
+    limit = job_settings(job).max_chunk_attempts
+    db.session.commit()
+    if attempts[str(chunk)] <= limit:
+        return True
+    for row in db.session.scalars(_chunk_rows(job_id, chunk)).all():
+        row.status, row.reason, row.fetched = "dropped", "worker_lost", True
+        row.detail = f"the worker died {limit} times while fetching this URL's chunk"
+    jobstate.log_line(job_id, f"chunk {chunk} given up after {limit} attempts that killed their worker")
+    db.session.commit()
+    return False
+
+
+def _record(row: CandidateRow, item: StagedImage | Rejected) -> bool:
+    """Store one URL's outcome; True when its image was staged."""
+    row.fetched = True
+    if isinstance(item, Rejected):
+        row.status, row.reason, row.detail = "dropped", item.reason, item.detail
+        row.sha256, row.extra = item.sha256, rejection_extra(item)
+        return False
+    staging.save(item)
+    row.sha256 = item.source_sha256
+    return True
+
+
+def _fan_in(job_id: str) -> bool:
+    """The chunk that leaves no URL unfetched moves the job to embed, exactly once."""
+    job = jobstate.locked(job_id)
+    if job is None:
+        db.session.rollback()
+        return False
+    left = unfetched_chunks(job_id)
+    job.fetch_chunks_done = job.fetch_chunks_total - len(left)
+    advance = not left and job.stage == "fetch" and job.status == "running"
+    if advance:
+        job.stage = "embed"
+    db.session.commit()
+    if advance:
+        jobstate.log_line(job_id, "all chunks fetched; embedding")
+        db.session.commit()
+    return advance
+
+
+def _staged_rows(job_id: str) -> list[CandidateRow]:
+    query = (select(CandidateRow).where(CandidateRow.job_id == job_id, CandidateRow.fetched,
+                                        CandidateRow.status == "pending").order_by(CandidateRow.rank))
+    return list(db.session.scalars(query).all())
+
+
+def run_embed(job_id: str, embedder: ClipEmbedder) -> bool:
+    """Embed every staged image not yet embedded, in batches; True when select should run."""
+    job = jobstate.active(job_id)
+    if job is None or job.stage != "embed":
+        return job is not None and job.stage == "select"
+    settings = job_settings(job)
+    folder = jobstate.staging_dir(job, settings)
+    todo = list(dict.fromkeys(r.sha256 for r in _staged_rows(job_id) if r.sha256))
+    todo = [sha for sha in todo if not staging.has_vector(folder, sha)]
+    progress = JobProgress(job_id)
+    for start in range(0, len(todo), settings.batch_size):
+        if progress.cancelled():
+            raise Cancelled("cancelled while embedding")
+        batch = todo[start : start + settings.batch_size]
+        pixels = np.stack([staging.load(folder, sha, "", with_pixels=True).pixel_values for sha in batch])
+        for sha, vector in zip(batch, embedder.embed_prepared(pixels)):
+            staging.save_vector(folder, sha, vector)
+        jobstate.heartbeat(job_id)
+        db.session.commit()
+    job = jobstate.locked(job_id)
+    advance = job is not None and job.stage == "embed" and job.status == "running"
+    if advance:
+        job.stage = "select"
+    db.session.commit()
+    return advance
+
+
+def run_select(job_id: str, embedder: ClipEmbedder) -> None:
+    """Duplicates, clustering, selection and export, exactly as `cvdb build` does them."""
+    job = jobstate.active(job_id)
+    if job is None or job.stage != "select":
+        return
+    settings = job_settings(job)
+    out_dir = jobstate.output_dir(job, settings)
+    rows = list(db.session.scalars(select(CandidateRow).where(CandidateRow.job_id == job_id)
+                                   .order_by(CandidateRow.rank, CandidateRow.id)).all())
+    collected = _collected(rows, out_dir / export.STAGING, embedder.dim)
+    candidates = [Candidate(url=r.url, source=r.source, rank=r.rank, **_meta(r)) for r in rows]
+    info = (job.options or {}).get("source_info")
+    try:
+        result = finish(job.query, candidates, job.request_limit, out_dir, settings, embedder, collected,
+                        JobProgress(job_id), {}, info)
+        report, error = result.report, None
+    except BuildError as exc:
+        report, error = exc.report, str(exc)
+    finally:
+        export.remove_staging(out_dir)
+    _store_outcomes(job_id, rows, collected.outcomes.values(), report, error)
+
+
+def _meta(row: CandidateRow) -> dict[str, object]:
+    meta = row.meta or {}
+    return {k: meta.get(k) for k in ("thumbnail_url", "source_page", "title", "width", "height")}
+
+
+def _collected(rows: list[CandidateRow], folder, dim: int) -> Collected:  # type: ignore[no-untyped-def]
+    """What `collect` would have returned, rebuilt from the rows and staged files."""
+    collected = Collected(outcomes={r.url: Outcome(r.url) for r in rows})
+    first_with: dict[str, str] = {}
+    vectors: list[np.ndarray] = []
+    for row in rows:
+        if row.status == "dropped":
+            collected.drop(row.url, row.reason or "dropped", row.detail or "", **(row.extra or {}))
+        elif row.sha256 in first_with:  # the same file reached through two URLs (two chunks)
+            collected.drop(row.url, "duplicate_bytes", f"same file as {first_with[row.sha256]}", sha256=row.sha256)
+        elif row.fetched and row.sha256:
+            first_with[row.sha256] = row.url
+            collected.staged.append(staging.load(folder, row.sha256, row.url))
+            vectors.append(staging.load_vector(folder, row.sha256))
+    collected.embeddings = [np.stack(vectors)] if vectors else [np.zeros((0, dim), np.float32)]
+    return collected
+
+
+def _store_outcomes(job_id: str, rows: list[CandidateRow], outcomes: Iterable[Outcome],
+                    report: dict[str, object], error: str | None) -> None:
+    by_url = {r.url: r for r in rows}
+    for outcome in outcomes:
+        row = by_url[outcome.url]
+        row.status = outcome.status if outcome.status in ("kept", "dropped") else "dropped"
+        row.reason, row.detail = outcome.reason, outcome.detail
+        row.extra = outcome.extra
+    job = jobstate.locked(job_id)
+    if job is None or job.status != "running":
+        db.session.rollback()
+        return
+    counts: dict[str, object] = dict(report.get("counts", {}))  # type: ignore[arg-type]
+    job.count, job.stage_counts = int(counts.get("kept", 0)), counts  # type: ignore[arg-type]
+    job.drop_counts = dict(report.get("dropped", {}))  # type: ignore[arg-type]
+    job.result = {k: report.get(k) for k in ("select", "chosen_cluster", "selection_reason", "clusters", "model")}
+    job.status, job.error, job.finished_at, job.stage = ("failed" if error else "done"), error, jobstate.now(), "done"
+    db.session.commit()
+    jobstate.log_line(job_id, f"failed: {error}" if error else f"done: saved {job.count} images to {job.out_dir}")
+    db.session.commit()
+
