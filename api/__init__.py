@@ -42,9 +42,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.before_request(_reject_oversized_body)
     app.before_request(_require_token)
     _register_health(app)
+    from api.dashboard import bp as dashboard_bp
     from api.jobs import bp as jobs_bp
 
     app.register_blueprint(jobs_bp)
+    app.register_blueprint(dashboard_bp)
 
     @app.get("/api/openapi.json")
     def openapi_document() -> ResponseReturnValue:

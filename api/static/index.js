@@ -1,0 +1,235 @@
+// The start page: the job form and the live job history.
+import {
+  ACTIVE, ApiError, api, clearError, el, formatElapsed, formatTime, poll, setupAuth, showError,
+  stageInfo, statusBadge, userText,
+} from "/ui/common.js";
+
+const PER_PAGE = 20;
+const form = document.getElementById("job-form");
+const tbody = document.querySelector("#jobs tbody");
+let page = 1;
+let poller = null;
+
+// -- the form -------------------------------------------------------------------------------------
+
+function fieldErrors() {
+  return form.querySelectorAll(".field-error");
+}
+
+function clearFieldErrors() {
+  for (const p of fieldErrors()) p.textContent = "";
+  for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+/** Put a message under its field; false when the page has no such field. */
+function setFieldError(field, message) {
+  const name = String(field || "").split(".")[0];
+  const slot = document.getElementById(`err-${name}`);
+  if (!slot) return false;
+  slot.textContent = slot.textContent ? `${slot.textContent} ${message}` : message;
+  const input = form.elements.namedItem(name);
+  if (input) input.setAttribute("aria-invalid", "true");
+  const details = slot.closest("details");
+  if (details) details.open = true;
+  return true;
+}
+
+/** The request body from the form: only the fields the user filled in. */
+function readForm() {
+  const body = {};
+  const problems = [];
+  for (const input of form.querySelectorAll("input[name], select[name], textarea[name]")) {
+    if (input.closest("[hidden]")) continue;
+    const name = input.name;
+    if (input.type === "number") {
+      if (input.validity.badInput) { problems.push([name, "enter a number"]); continue; }
+      if (input.value.trim() === "") continue;
+      body[name] = Number(input.value);
+    } else if (name === "urls") {
+      body.urls = input.value.split(/\s+/).filter(Boolean);
+    } else if (name === "output") {
+      if (input.value.trim()) body.output = input.value.trim();
+    } else {
+      body[name] = input.value;
+    }
+  }
+  return { body, problems };
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  clearFieldErrors();
+  const message = document.getElementById("form-message");
+  message.textContent = "";
+  message.className = "form-message";
+  const { body, problems } = readForm();
+  if (problems.length) {
+    for (const [field, text] of problems) setFieldError(field, text);
+    return;
+  }
+  const button = document.getElementById("start");
+  button.disabled = true;
+  try {
+    const created = await api("/api/jobs", { method: "POST", body });
+    clearError();
+    message.className = "form-message ok";
+    message.replaceChildren("Started. ", el("a", { href: `/jobs/${created.id}`, text: "Open the job page" }));
+    form.elements.namedItem("output").value = "";
+    page = 1;
+    poller.now();
+  } catch (err) {
+    showFormError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function showFormError(err) {
+  if (err instanceof ApiError && err.status === 422 && Array.isArray(err.detail)) {
+    const general = err.detail.filter((d) => !setFieldError(d.field, d.message));
+    const count = err.detail.length;
+    showError(general.length
+      ? `The server refused the job: ${general.map((d) => d.message).join("; ")}`
+      : `The server refused the job: ${count} field${count > 1 ? "s" : ""} to fix (see below each).`);
+  } else if (err instanceof ApiError && err.status === 409) {
+    setFieldError("output", String(err.detail));
+    showError(err);
+  } else {
+    showError(err);
+  }
+}
+
+function syncUrlsField() {
+  document.getElementById("urls-field").hidden = form.elements.namedItem("source").value !== "urls";
+}
+
+// -- the history ----------------------------------------------------------------------------------
+
+function progressCell(job) {
+  const info = stageInfo(job);
+  const bar = el("span", { class: "bar-fill" });
+  bar.style.width = `${Math.round(info.fraction * 100)}%`;
+  const cell = el("td", { class: "progress", dataset: { label: "Progress" } },
+    el("span", { class: `bar bar-${job.status}`, role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
+      "aria-valuenow": Math.round(info.fraction * 100) }, bar),
+    el("span", { class: "progress-text", text: info.label }));
+  if (job.error) cell.append(el("span", { class: "job-error", text: job.error }));
+  return cell;
+}
+
+function actionsCell(job) {
+  const cell = el("div", { class: "actions" },
+    el("a", { class: "button secondary", href: `/jobs/${job.id}`, text: "View" }),
+    el("a", { class: "button secondary", href: `/jobs/${job.id}#log`, text: "Log" }));
+  if (ACTIVE.has(job.status)) {
+    cell.append(el("button", {
+      type: "button", class: "danger cancel", text: job.status === "cancelling" ? "Cancelling…" : "Cancel",
+      disabled: job.status === "cancelling", onclick: () => act(`/api/jobs/${job.id}/cancel`, "POST"),
+    }));
+  } else {
+    cell.append(el("button", {
+      type: "button", class: "danger-outline delete", text: "Delete",
+      onclick: () => {
+        if (confirm(`Delete the job "${job.query}" and its dataset folder ${job.output}?`)) {
+          act(`/api/jobs/${job.id}`, "DELETE");
+        }
+      },
+    }));
+  }
+  return el("td", { class: "actions-cell", dataset: { label: "" } }, cell);
+}
+
+function jobRow(job) {
+  const row = el("tr", { dataset: { id: job.id, status: job.status } },
+    el("td", { class: "query", dataset: { label: "Query" } },
+      el("a", { href: `/jobs/${job.id}` }, userText("span", job.query)),
+      el("span", { class: "muted small block", text: `${job.output} · ${job.source}` })),
+    el("td", { dataset: { label: "Status" } }, statusBadge(job.status)),
+    progressCell(job),
+    el("td", { class: "num kept", dataset: { label: "Kept" }, text: `${job.count} / ${job.limit}` }),
+    el("td", { class: "num", dataset: { label: "Elapsed" }, text: formatElapsed(job.elapsed_s) }),
+    el("td", { class: "small", dataset: { label: "Created" }, text: formatTime(job.created_at) }),
+    actionsCell(job));
+  return row;
+}
+
+const rendered = new Map();  // job id -> [JSON of the job as drawn, its row]
+
+function renderJobs(data) {
+  const seen = new Set();
+  let previous = null;
+  for (const job of data.jobs) {
+    seen.add(job.id);
+    const key = JSON.stringify(job);
+    let entry = rendered.get(job.id);
+    if (!entry || entry[0] !== key) {
+      const row = jobRow(job);
+      if (entry) entry[1].replaceWith(row);
+      entry = [key, row];
+      rendered.set(job.id, entry);
+    }
+    const row = entry[1];
+    const expected = previous ? previous.nextSibling : tbody.firstChild;
+    if (row !== expected) tbody.insertBefore(row, expected);
+    previous = row;
+  }
+  for (const [id, [, row]] of rendered) {
+    if (!seen.has(id)) { row.remove(); rendered.delete(id); }
+  }
+  document.getElementById("jobs-empty").hidden = data.total > 0;
+  document.getElementById("jobs").hidden = data.jobs.length === 0;
+  document.getElementById("history-total").textContent = data.total ? `${data.total} job${data.total > 1 ? "s" : ""}` : "";
+  const pages = Math.max(1, Math.ceil(data.total / PER_PAGE));
+  document.getElementById("pager").hidden = pages <= 1;
+  document.getElementById("page-info").textContent = `page ${page} of ${pages}`;
+  document.getElementById("prev-page").disabled = page <= 1;
+  document.getElementById("next-page").disabled = page >= pages;
+}
+
+async function refresh() {
+  try {
+    const data = await api(`/api/jobs?page=${page}&per_page=${PER_PAGE}`);
+    if (data.jobs.length === 0 && page > 1) { page -= 1; return true; }
+    renderJobs(data);
+    clearError("poll");
+    document.body.dataset.loaded = "true";
+    return data.jobs.some((job) => ACTIVE.has(job.status));
+  } catch (err) {
+    showError(err, "poll");
+    throw err;
+  }
+}
+
+async function act(path, method) {
+  try {
+    await api(path, { method });
+    clearError();
+  } catch (err) {
+    showError(err);
+  }
+  poller.now();
+}
+
+async function clearHistory() {
+  if (!confirm("Remove all finished jobs from the history? Their dataset folders stay on disk.")) return;
+  try {
+    const result = await api("/api/jobs/clear", { method: "POST" });
+    clearError();
+    const message = document.getElementById("form-message");
+    message.className = "form-message ok";
+    message.textContent = `Removed ${result.deleted} finished job${result.deleted === 1 ? "" : "s"} from the history.`;
+  } catch (err) {
+    showError(err);
+  }
+  page = 1;
+  poller.now();
+}
+
+form.addEventListener("submit", submitJob);
+form.elements.namedItem("source").addEventListener("change", syncUrlsField);
+document.getElementById("clear-history").addEventListener("click", clearHistory);
+document.getElementById("prev-page").addEventListener("click", () => { page -= 1; poller.now(); });
+document.getElementById("next-page").addEventListener("click", () => { page += 1; poller.now(); });
+syncUrlsField();
+setupAuth(() => poller.now());
+poller = poll(refresh);

@@ -1,0 +1,122 @@
+"""Job state rules the tasks rely on, against a real Postgres: fan-in once, give up a chunk that
+keeps killing workers, stop at the cancel flag, sweep stalled jobs. No worker runs here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import flask_migrate
+import pytest
+from flask import Flask
+
+from api import create_app
+from common.config import Settings
+from common.db import db
+from common.models import Candidate, Job
+from service_harness import create_database, drop_database
+from workers import jobstate, stages
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    url = create_database()
+    settings = Settings(data_root=tmp_path_factory.mktemp("jobflow"), database_url=url)
+    app = create_app({"CVDB_SETTINGS": settings, "SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        flask_migrate.upgrade()
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+    drop_database(url)
+
+
+def make_job(stage: str = "fetch", status: str = "running", chunks: int = 2, **fields: object) -> str:
+    job = Job(query="cat", request_limit=5, out_dir=f"cats-{id(fields)}-{stage}", source="urls", status=status,
+              stage=stage, options={}, log="", task_ids=[], fetch_chunks_total=chunks,
+              heartbeat_at=jobstate.now(), **fields)
+    db.session.add(job)
+    db.session.flush()
+    for chunk in range(chunks):
+        for i in range(3):
+            db.session.add(Candidate(job_id=job.id, url=f"http://x/{chunk}/{i}", rank=chunk * 3 + i,
+                                     source="urls", chunk=chunk))
+    db.session.commit()
+    return job.id
+
+
+def mark_fetched(job_id: str, chunk: int) -> None:
+    for row in db.session.query(Candidate).filter_by(job_id=job_id, chunk=chunk):
+        row.fetched = True
+    db.session.commit()
+
+
+def reload(job_id: str) -> Job:
+    db.session.expire_all()
+    job = db.session.get(Job, job_id)
+    assert job is not None
+    return job
+
+
+def test_fan_in_moves_to_embed_once_when_the_last_chunk_is_done(app: Flask) -> None:
+    job_id = make_job()
+    mark_fetched(job_id, 0)
+    assert stages._fan_in(job_id) is False
+    assert reload(job_id).fetch_chunks_done == 1
+    mark_fetched(job_id, 1)
+    assert stages._fan_in(job_id) is True
+    assert stages._fan_in(job_id) is False  # a redelivered last chunk starts nothing again
+    job = reload(job_id)
+    assert job.stage == "embed" and job.fetch_chunks_done == 2
+    assert job.log.count("all chunks fetched") == 1
+
+
+def test_a_chunk_that_keeps_killing_workers_is_given_up(app: Flask) -> None:
+    job_id = make_job(chunks=1)
+    limit = Settings().max_chunk_attempts
+    assert all(stages._count_attempt(job_id, 0) for _ in range(limit))
+    assert stages._count_attempt(job_id, 0) is False
+    rows = db.session.query(Candidate).filter_by(job_id=job_id).all()
+    assert {(r.status, r.reason, r.fetched) for r in rows} == {("dropped", "worker_lost", True)}
+    assert stages._fan_in(job_id) is True
+
+
+def test_a_task_stops_at_the_cancel_flag_and_the_job_ends_cancelled(app: Flask) -> None:
+    job_id = make_job(stage="embed", cancel_requested=True, status="cancelling")
+    assert stages.run_embed(job_id, embedder=None) is False  # type: ignore[arg-type]
+    job = reload(job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert "cancelled" in job.log
+
+
+def test_progress_sees_a_cancel_made_by_another_connection(app: Flask) -> None:
+    job_id = make_job()
+    progress = stages.JobProgress(job_id, every_s=0.0)
+    assert progress.cancelled() is False
+    with db.engine.begin() as other:
+        other.execute(Job.__table__.update().where(Job.id == job_id).values(cancel_requested=True))
+    assert progress.cancelled() is True
+
+
+def test_sweep_fails_stalled_jobs_and_resends_quiet_ones(app: Flask) -> None:
+    old = jobstate.now() - dt.timedelta(hours=2)
+    stalled, quiet, fresh = make_job(), make_job(), make_job()
+    for job_id, heartbeat in ((stalled, old), (quiet, jobstate.now() - dt.timedelta(minutes=5))):
+        reload(job_id).heartbeat_at = heartbeat
+        db.session.commit()
+    assert jobstate.sweep(stall_timeout_s=3600) == [stalled]
+    job = reload(stalled)
+    assert job.status == "failed" and "worker probably died" in (job.error or "")
+    resend = [j.id for j in jobstate.stalled(resend_after_s=60)]
+    assert resend == [quiet]
+    assert jobstate.stalled(resend_after_s=60) == []  # once per period, not at every sweep
+    assert reload(fresh).status == "running"
+
+
+def test_sweep_finishes_a_cancel_whose_tasks_never_ran(app: Flask, tmp_path: Path) -> None:
+    job_id = make_job(status="cancelling", cancel_requested=True)
+    reload(job_id).heartbeat_at = jobstate.now() - dt.timedelta(seconds=30)
+    db.session.commit()
+    assert job_id in jobstate.sweep(stall_timeout_s=3600, cancel_grace_s=5)
+    assert reload(job_id).status == "cancelled"
