@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the API app; `overrides` replaces config keys (tests point it at their database)."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the dashboard blueprint serves api/static under /ui
     app.config.update(_base_config())
     if overrides:
         app.config.update(overrides)

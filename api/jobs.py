@@ -183,7 +183,17 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
-    return jsonify(job_out(job, _progress([job.id])[job.id]))
+    data = job_out(job, _progress([job.id])[job.id])
+    if job.status not in FINAL_STATUSES:  # while it runs, count the drops recorded so far
+        data["drop_counts"] = _drops_so_far(job.id)
+    return jsonify(data)
+
+
+def _drops_so_far(job_id: str) -> dict[str, int]:
+    rows = db.session.execute(select(Candidate.reason, func.count()).where(
+        Candidate.job_id == job_id, Candidate.status == "dropped").group_by(Candidate.reason)
+        .order_by(func.count().desc())).all()
+    return {reason or "dropped": count for reason, count in rows}
 
 
 @bp.get("/jobs/<job_id>/log")

@@ -19,8 +19,9 @@ class JobRequest(BaseModel):
 
     query: str = Field(min_length=1, max_length=200, description="What the images should show, e.g. 고양이.")
     limit: int = Field(50, ge=1, le=1000, description="How many images to keep at most.")
-    output: str | None = Field(None, pattern=OUTPUT_NAME,
-                               description="Output folder name under the data folder; default: <query>-<id>.")
+    output: str | None = Field(None, description="Output folder name under the data folder "
+                               "(letters, digits, . _ -; at most 64); default: <query>-<id>.",
+                               json_schema_extra={"pattern": OUTPUT_NAME})
     source: Literal["naver", "naver-api", "naver-browser", "auto", "urls"] = Field(
         "naver", description="Where candidates come from; `urls` uses the `urls` list.")
     urls: list[str] | None = Field(None, max_length=1000, description="Image URLs, for source `urls`.")
@@ -39,6 +40,14 @@ class JobRequest(BaseModel):
     def _printable(cls, value: str) -> str:
         if _CONTROL.search(value):
             raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(OUTPUT_NAME, value):
+            raise ValueError("use a plain folder name: letters, digits, '.', '_' or '-', starting with a "
+                             "letter or digit, at most 64 characters (no '/' or '..')")
         return value
 
     @field_validator("urls")
