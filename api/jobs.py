@@ -265,9 +265,10 @@ def get_archive(job_id: str) -> ResponseReturnValue:
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str) -> ResponseReturnValue:
-    job = _job_or_404(job_id)
-    job = db.session.get(Job, job.id, with_for_update=True, populate_existing=True)
-    assert job is not None
+    locked = db.session.get(Job, _job_or_404(job_id).id, with_for_update=True, populate_existing=True)
+    if locked is None:
+        raise ApiError(404, "not_found", f"No job {job_id}; it may have been deleted.")
+    job = locked
     if job.status in FINAL_STATUSES:
         raise ApiError(409, "conflict", f"Job {job.id} is already {job.status}; nothing to cancel.")
     job.cancel_requested, job.status = True, "cancelling"

@@ -4,6 +4,7 @@ keeps killing workers, stop at the cancel flag, sweep stalled jobs. No worker ru
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +121,23 @@ def test_sweep_finishes_a_cancel_whose_tasks_never_ran(app: Flask, tmp_path: Pat
     db.session.commit()
     assert job_id in jobstate.sweep(stall_timeout_s=3600, cancel_grace_s=5)
     assert reload(job_id).status == "cancelled"
+
+
+def test_select_redelivered_after_its_export_finishes_the_job_from_report(app: Flask) -> None:
+    job_id = make_job(stage="select", chunks=1)
+    job = reload(job_id)
+    out = Path(app.config["CVDB_SETTINGS"].data_root) / job.out_dir
+    out.mkdir(parents=True)
+    outcomes = [{"url": "http://x/0/0", "status": "kept", "sha256": "ab"},
+                {"url": "http://x/0/1", "status": "dropped", "reason": "blurry", "detail": "soft"},
+                {"url": "http://x/0/2", "status": "dropped", "reason": "other_cluster", "detail": "cluster 2"}]
+    report = {"counts": {"candidates": 3, "kept": 1}, "dropped": {"blurry": 1, "other_cluster": 1},
+              "chosen_cluster": 0, "selection_reason": "best match", "clusters": [], "outcomes": outcomes}
+    (out / "report.json").write_text(json.dumps(report))
+    (out / "manifest.jsonl").write_text('{"file": "img_0001.jpg"}\n')
+    stages.run_select(job_id, embedder=None)  # type: ignore[arg-type]
+    job = reload(job_id)
+    assert (job.status, job.count, job.drop_counts) == ("done", 1, {"blurry": 1, "other_cluster": 1})
+    rows = {r.url: (r.status, r.reason) for r in db.session.query(Candidate).filter_by(job_id=job_id)}
+    assert rows == {"http://x/0/0": ("kept", None), "http://x/0/1": ("dropped", "blurry"),
+                    "http://x/0/2": ("dropped", "other_cluster")}

@@ -9,7 +9,7 @@ from common.db import db
 
 flask_app = create_app()
 app = flask_app.extensions["celery"]
-import workers.tasks  # noqa: E402,F401  (registers the tasks)
+from workers.tasks import preload_model  # noqa: E402  (importing registers the tasks)
 
 
 @worker_process_init.connect
@@ -24,10 +24,5 @@ def _load_model(sender: object = None, **_: object) -> None:
     """The GPU worker loads CLIP at start, not in the first job."""
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if "gpu" in queues:
-        from common.config import Settings
-        from workers.tasks import _embedders
-        from common.pipeline.embed import ClipEmbedder
-
-        settings = Settings()
-        key = (settings.model, settings.device, settings.text_model)
-        _embedders.setdefault(key, ClipEmbedder(*key))
+        with flask_app.app_context():
+            preload_model()

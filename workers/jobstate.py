@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from flask import current_app
 from sqlalchemy import select, update
 
 from common.config import Settings
@@ -32,10 +33,15 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def base_settings() -> Settings:
+    """The app's settings (read from the environment when the worker started)."""
+    return current_app.config["CVDB_SETTINGS"]
+
+
 def job_settings(job: Job) -> Settings:
-    """The worker's settings (environment) with the options the job was submitted with."""
+    """The worker's settings with the options the job was submitted with, validated again."""
     options = {k: v for k, v in (job.options or {}).items() if k in Settings.model_fields}
-    return Settings(**options)
+    return Settings(**{**base_settings().model_dump(), **options})
 
 
 def output_dir(job: Job, settings: Settings) -> Path:

@@ -8,11 +8,14 @@ Work already done is skipped, so a redelivered task repeats nothing and duplicat
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from common.db import db
 from common.models import Candidate as CandidateRow
@@ -146,7 +149,7 @@ def run_fetch_chunk(job_id: str, chunk: int, worker: str = "") -> bool:
     return _fan_in(job_id)
 
 
-def _chunk_rows(job_id: str, chunk: int):  # type: ignore[no-untyped-def]
+def _chunk_rows(job_id: str, chunk: int) -> Select[CandidateRow]:
     return (select(CandidateRow).where(CandidateRow.job_id == job_id, CandidateRow.chunk == chunk,
                                        ~CandidateRow.fetched).order_by(CandidateRow.rank))
 
@@ -225,10 +228,10 @@ def run_embed(job_id: str, embedder: ClipEmbedder) -> bool:
             staging.save_vector(folder, sha, vector)
         jobstate.heartbeat(job_id)
         db.session.commit()
-    job = jobstate.locked(job_id)
-    advance = job is not None and job.stage == "embed" and job.status == "running"
-    if advance:
-        job.stage = "select"
+    locked = jobstate.locked(job_id)
+    advance = locked is not None and locked.stage == "embed" and locked.status == "running"
+    if locked is not None and advance:
+        locked.stage = "select"
     db.session.commit()
     return advance
 
@@ -242,6 +245,12 @@ def run_select(job_id: str, embedder: ClipEmbedder) -> None:
     out_dir = jobstate.output_dir(job, settings)
     rows = list(db.session.scalars(select(CandidateRow).where(CandidateRow.job_id == job_id)
                                    .order_by(CandidateRow.rank, CandidateRow.id)).all())
+    if (out_dir / export.MANIFEST).is_file():  # redelivered after the export had completed
+        report = json.loads((out_dir / export.REPORT).read_text(encoding="utf-8"))
+        outcomes = [Outcome(o["url"], o.get("status", "dropped"), o.get("reason"), o.get("detail"), o.get("sha256"),
+                            o.get("extra", {})) for o in report["outcomes"]]
+        _store_outcomes(job_id, rows, outcomes, report, None)
+        return
     collected = _collected(rows, out_dir / export.STAGING, embedder.dim)
     candidates = [Candidate(url=r.url, source=r.source, rank=r.rank, **_meta(r)) for r in rows]
     info = (job.options or {}).get("source_info")
@@ -256,12 +265,12 @@ def run_select(job_id: str, embedder: ClipEmbedder) -> None:
     _store_outcomes(job_id, rows, collected.outcomes.values(), report, error)
 
 
-def _meta(row: CandidateRow) -> dict[str, object]:
+def _meta(row: CandidateRow) -> dict[str, Any]:
     meta = row.meta or {}
     return {k: meta.get(k) for k in ("thumbnail_url", "source_page", "title", "width", "height")}
 
 
-def _collected(rows: list[CandidateRow], folder, dim: int) -> Collected:  # type: ignore[no-untyped-def]
+def _collected(rows: list[CandidateRow], folder: Path, dim: int) -> Collected:
     """What `collect` would have returned, rebuilt from the rows and staged files."""
     collected = Collected(outcomes={r.url: Outcome(r.url) for r in rows})
     first_with: dict[str, str] = {}
@@ -280,7 +289,7 @@ def _collected(rows: list[CandidateRow], folder, dim: int) -> Collected:  # type
 
 
 def _store_outcomes(job_id: str, rows: list[CandidateRow], outcomes: Iterable[Outcome],
-                    report: dict[str, object], error: str | None) -> None:
+                    report: dict[str, Any], error: str | None) -> None:
     by_url = {r.url: r for r in rows}
     for outcome in outcomes:
         row = by_url[outcome.url]
@@ -291,9 +300,9 @@ def _store_outcomes(job_id: str, rows: list[CandidateRow], outcomes: Iterable[Ou
     if job is None or job.status != "running":
         db.session.rollback()
         return
-    counts: dict[str, object] = dict(report.get("counts", {}))  # type: ignore[arg-type]
-    job.count, job.stage_counts = int(counts.get("kept", 0)), counts  # type: ignore[arg-type]
-    job.drop_counts = dict(report.get("dropped", {}))  # type: ignore[arg-type]
+    counts: dict[str, Any] = dict(report.get("counts", {}))
+    job.count, job.stage_counts = int(counts.get("kept", 0)), counts
+    job.drop_counts = dict(report.get("dropped", {}))
     job.result = {k: report.get(k) for k in ("select", "chosen_cluster", "selection_reason", "clusters", "model")}
     job.status, job.error, job.finished_at, job.stage = ("failed" if error else "done"), error, jobstate.now(), "done"
     db.session.commit()

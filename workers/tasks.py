@@ -25,11 +25,19 @@ _embedders: dict[tuple[str, str, str | None], ClipEmbedder] = {}
 def embedder_for(job_id: str) -> ClipEmbedder:
     """The CLIP model, loaded once per worker process and kept for every later job."""
     job = db.session.get(jobstate.Job, job_id)
-    settings = jobstate.job_settings(job) if job else jobstate.Settings()
+    return _embedder(jobstate.job_settings(job) if job else jobstate.base_settings())
+
+
+def _embedder(settings: jobstate.Settings) -> ClipEmbedder:
     key = (settings.model, settings.device, settings.text_model)
     if key not in _embedders:
         _embedders[key] = ClipEmbedder(*key)
     return _embedders[key]
+
+
+def preload_model() -> None:
+    """Load the configured model when the GPU worker starts, not during the first job."""
+    _embedder(jobstate.base_settings())
 
 
 def queue_of(task: Task) -> str:
@@ -116,7 +124,7 @@ def finish_cancel(job_id: str) -> None:
 @shared_task(name="workers.tasks.sweep")
 def sweep() -> list[str]:
     """Re-send the lost step of stalled jobs (every task is idempotent); fail hopeless ones."""
-    settings = jobstate.Settings()
+    settings = jobstate.base_settings()
     failed = jobstate.sweep(settings.stall_timeout_s)
     for job in jobstate.stalled(settings.stall_resend_s):
         step = RESEND.get(job.stage or "")
