@@ -27,13 +27,14 @@ from bench.embed import embed_rates, timed_rate
 from bench.end_to_end import collect_rate
 from bench.memory import peak_memory
 from bench.server import FIXTURE_OVERRIDES, ROOT, fixture_settings, served
+from bench.service import run_service_bench, service_ratios, unavailable
 from bench.timing import ratio, stopwatch
 from bench.versus_img2dataset import installed_version, ours, theirs
 from common.pipeline.embed import ClipEmbedder
 
 # Embed-only runs right before and after collect(): the same batch size under the same background load.
 BRACKET_IMAGES = 64
-SECTIONS = ("decode", "embed", "cluster", "download", "end_to_end", "img2dataset", "memory")
+SECTIONS = ("decode", "embed", "cluster", "download", "end_to_end", "img2dataset", "memory", "service")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -42,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench", help="corpus and model cache")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of sections: {','.join(SECTIONS)}")
-    parser.add_argument("--delay", type=float, default=0.1, help="simulated CDN delay (s) for end-to-end and img2dataset")
+    parser.add_argument("--delay", type=float, default=0.1, help="simulated CDN delay (s) for end-to-end, img2dataset and service")
     parser.add_argument("--decode-images", type=int, default=1000, help="images for the decode+quality rate")
     parser.add_argument("--embed-images", type=int, default=128, help="images timed per batch size, over all rounds")
     parser.add_argument("--embed-rounds", type=int, default=4, help="interleaved rounds of the batch sizes")
@@ -55,6 +56,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--img2dataset-processes", type=int, default=2)
     parser.add_argument("--img2dataset-threads", type=int, default=64, help="threads per img2dataset process")
     parser.add_argument("--device", default="auto", help="embedding device for the ViT-B/32 runs")
+    parser.add_argument("--service-images", type=int, default=300, help="service: images the fake Naver returns (per job)")
+    parser.add_argument("--service-jobs", type=int, default=4, help="service: jobs submitted at once per worker count")
+    parser.add_argument("--service-workers", default="1,2", help="service: CPU worker counts, one service start each")
+    parser.add_argument("--service-chunk", type=int, default=50, help="service: fetch_chunk_size (URLs per fetch task)")
+    parser.add_argument("--service-latency-threads", type=int, default=8, help="service: client threads of the API load")
+    parser.add_argument("--service-latency-s", type=float, default=20.0, help="service: seconds of API load")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if unknown := {s.strip() for s in args.only.split(",") if s.strip()} - set(SECTIONS):
@@ -179,6 +186,19 @@ class Suite:
         with served(self.files[: max(sizes)], 0.0) as urls:
             self.results["memory"] = peak_memory(urls, sizes, small, batch_size=32)
 
+    def service(self) -> None:
+        why = unavailable()
+        if why:
+            self.results["service"] = {"skipped": why}
+            log(f"service: skipped ({why})")
+            return
+        from common.devkit.tiny_clip import ensure_tiny_clip
+
+        files, _ = ensure_corpus(self.args.cache / f"corpus-seed{self.args.seed}", self.args.service_images, self.args.seed)
+        self.results["service"] = run_service_bench(
+            files, ensure_tiny_clip(ROOT / ".cache" / "cvdb"), ints(self.args.service_workers), self.args.service_jobs,
+            self.args.service_chunk, self.args.service_latency_threads, self.args.service_latency_s, self.args.delay, log)
+
     # -- summary ------------------------------------------------------------------------------------
 
     def ratios(self) -> dict[str, Any]:
@@ -201,6 +221,7 @@ class Suite:
             "ours_over_img2dataset_wall": ratio(versus.get("ours", {}).get("images_per_s"),
                                                 versus.get("img2dataset", {}).get("images_per_s_wall")),
             "peak_memory_large_over_small": r.get("memory", {}).get("peak_ratio"),
+            **service_ratios(r.get("service", {})),
         }
         for size, row in embed.items():
             out[f"embed_batch_{size}_over_batch_1"] = ratio(row["images_per_s"], embed.get("1", {}).get("images_per_s"))
@@ -228,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.torch_threads)
     suite = Suite(args)
     suite.results["fixture_settings"] = FIXTURE_OVERRIDES
-    suite.corpus()
+    if suite.only - {"service"}:  # the service section renders only the pictures it serves
+        suite.corpus()
     for section in SECTIONS:
         suite.run(section, getattr(suite, section))
     found = suite.finish()

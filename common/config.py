@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     text_model: str | None = None
     device: str = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
+    # The service's GPU worker embeds whole jobs: larger batches on CUDA (unset: 256 there,
+    # batch_size on a CPU).
+    gpu_batch_size: int | None = Field(None, ge=1, le=4096)
     prompt: str = "a photo of {query}"
 
     # Clustering and selection.

@@ -218,11 +218,12 @@ def run_embed(job_id: str, embedder: ClipEmbedder) -> bool:
     folder = jobstate.staging_dir(job, settings)
     todo = list(dict.fromkeys(r.sha256 for r in _staged_rows(job_id) if r.sha256))
     todo = [sha for sha in todo if not staging.has_vector(folder, sha)]
-    progress = JobProgress(job_id)
-    for start in range(0, len(todo), settings.batch_size):
+    progress, started = JobProgress(job_id), time.perf_counter()
+    size = settings.gpu_batch_size or (256 if embedder.device.type == "cuda" else settings.batch_size)
+    for start in range(0, len(todo), size):
         if progress.cancelled():
             raise Cancelled("cancelled while embedding")
-        batch = todo[start : start + settings.batch_size]
+        batch = todo[start : start + size]
         pixels = np.stack([staging.load(folder, sha, "", with_pixels=True).pixel_values for sha in batch])
         for sha, vector in zip(batch, embedder.embed_prepared(pixels)):
             staging.save_vector(folder, sha, vector)
@@ -233,6 +234,11 @@ def run_embed(job_id: str, embedder: ClipEmbedder) -> bool:
     if locked is not None and advance:
         locked.stage = "select"
     db.session.commit()
+    if advance:
+        seconds = time.perf_counter() - started
+        jobstate.log_line(job_id, f"embedded {len(todo)} images in {seconds:.1f} s (batches of {size}, "
+                                  f"{embedder.describe()['device']}); removing copies, clustering, saving")
+        db.session.commit()
     return advance
 
 
