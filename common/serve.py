@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import psycopg2
@@ -68,8 +69,14 @@ def preflight(settings: Settings) -> None:
                          "(e.g. `redis-server --daemonize yes`) or set CVDB_REDIS_URL.") from None
 
 
+def resolve(argv: list[str]) -> list[str]:
+    """Run flask, celery and gunicorn from this Python's environment, activated or not."""
+    local = Path(sys.executable).parent / argv[0]
+    return [str(local), *argv[1:]] if local.is_file() else argv
+
+
 def migrate(out: TextIO) -> None:
-    result = subprocess.run(topology.MIGRATE, capture_output=True, text=True)
+    result = subprocess.run(resolve(topology.MIGRATE), capture_output=True, text=True)
     if result.returncode != 0:
         raise ServeError(f"database migration failed:\n{result.stderr.strip()[-2000:]}")
     out.write("migrate | database schema is up to date\n")
@@ -91,7 +98,7 @@ def run(processes: list[Process], out: TextIO = sys.stdout) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     for index, process in enumerate(processes):
-        child = subprocess.Popen(process.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        child = subprocess.Popen(resolve(process.argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  start_new_session=True, bufsize=1, env=os.environ.copy())
         label = process.name.ljust(width)
         if out.isatty():
