@@ -21,6 +21,7 @@ from common.cli import slug
 from common.config import Settings
 from common.db import db
 from common.models import FINAL_STATUSES, JOB_STATUSES, Candidate, Job
+from common.pipeline import reasons
 from common.pipeline.export import MANIFEST, REPORT, OutputError, resolve_output
 
 bp = Blueprint("jobs", __name__, url_prefix="/api")
@@ -151,6 +152,12 @@ def job_out(job: Job, progress: dict[str, int]) -> dict[str, Any]:
     data["elapsed_s"] = round((end - job.started_at).total_seconds(), 1) if job.started_at and end else None
     data["links"] = _links(job.id)
     return data
+
+
+@bp.get("/reasons")
+def list_reasons() -> ResponseReturnValue:
+    """What each drop reason code means and at which stage it happens."""
+    return jsonify({"reasons": reasons.catalogue()})
 
 
 @bp.get("/jobs")

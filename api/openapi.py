@@ -43,6 +43,7 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[
      [JOB_ID], ("404", "409")),
     ("post", "/api/jobs/clear", "Remove finished jobs from the history (datasets stay on disk)", None,
      ("200", schemas.Cleared), [], ()),
+    ("get", "/api/reasons", "What each drop reason code means", None, ("200", schemas.ReasonList), [], ()),
     ("get", "/healthz", "Postgres and Redis reachability", None, ("200", schemas.Health), [], ("503",)),
 ]
 _ERROR_TEXT = {"400": "Bad query parameter.", "401": "Missing or wrong bearer token.", "404": ERRORS["404"],

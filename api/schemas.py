@@ -150,6 +150,16 @@ class ImageList(BaseModel):
     images: list[ImageOut]
 
 
+class Reason(BaseModel):
+    stage: str = Field(description="download, quality, duplicates or selection")
+    description: str
+
+
+class ReasonList(BaseModel):
+    reasons: dict[str, Reason] = Field(description="Drop reason code -> its stage and meaning; "
+                                       "`http_<status>` stands for every HTTP error status.")
+
+
 class Cleared(BaseModel):
     deleted: int
 

@@ -197,6 +197,14 @@ def test_listing_pages_and_filters(client: FlaskClient, app: Flask) -> None:
     assert_error(client.get("/api/jobs?per_page=abc"), 400, "bad_request")
 
 
+def test_reason_codes_are_explained_with_their_stage(client: FlaskClient) -> None:
+    reasons = client.get("/api/reasons").get_json()["reasons"]
+    assert reasons["blurry"]["stage"] == "quality" and "Laplacian" in reasons["blurry"]["description"]
+    assert reasons["near_duplicate_phash"]["stage"] == "duplicates"
+    assert reasons["worker_lost"]["stage"] == "download" and reasons["other_cluster"]["stage"] == "selection"
+    assert reasons["http_<status>"]["stage"] == "download"
+
+
 def test_tokens_protect_the_api_when_configured(backing: tuple[Path, str, str]) -> None:
     app = make_app(*backing, api_tokens=f"other,{TOKEN}")
     client = app.test_client()

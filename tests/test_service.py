@@ -52,6 +52,9 @@ def test_job_runs_through_both_queues_to_done(service: Service, done_job: dict[s
     for step in ("searching naver", "fetching in", "all chunks fetched; embedding", "done: saved"):
         assert step in log
     assert not (job_dir(service, done_job) / ".staging").exists()
+    described = service.api("GET", "/api/reasons").json()["reasons"]
+    for reason in done_job["drop_counts"]:  # every drop the job made is explained by the API
+        assert ("http_<status>" if reason.startswith("http_") else reason) in described, reason
 
 
 def test_files_equal_what_cvdb_build_makes(service: Service, done_job: dict[str, Any], tmp_path: Path,

@@ -10,6 +10,7 @@ let images = [];
 let imagesLoadedFor = null;  // the status for which the grid was drawn
 let lastJobKey = null;
 let poller = null;
+let reasons = {};  // code -> {stage, description}, from /api/reasons
 
 // -- summary --------------------------------------------------------------------------------------
 
@@ -97,8 +98,10 @@ function renderDrops(job) {
   chart.replaceChildren(...entries.map(([reason, n]) => {
     const fill = el("span", { class: "hbar-fill" });
     fill.style.width = `${(100 * n) / max}%`;
+    const known = reasons[reason.startsWith("http_") ? "http_<status>" : reason];
+    const meaning = known ? `${reason} (${known.stage}): ${known.description}` : reason;
     return el("li", { class: "hbar", dataset: { reason } },
-      el("span", { class: "hbar-label", text: reason.replaceAll("_", " "), title: reason }),
+      el("span", { class: "hbar-label", text: reason.replaceAll("_", " "), title: meaning }),
       el("span", { class: "hbar-track" }, fill),
       el("span", { class: "hbar-count", text: n }));
   }));
@@ -106,7 +109,7 @@ function renderDrops(job) {
   chart.setAttribute("aria-label", `${total} candidates dropped, by reason`);
   empty.hidden = entries.length > 0;
   empty.textContent = ACTIVE.has(job.status)
-    ? "The reasons are counted when the job finishes."
+    ? "Nothing dropped yet."
     : "Nothing was dropped.";
 
   const funnel = document.getElementById("funnel");
@@ -274,8 +277,18 @@ async function refreshLog(job) {
 
 // -- polling --------------------------------------------------------------------------------------
 
+async function loadReasons() {
+  if (Object.keys(reasons).length) return;
+  try {
+    reasons = (await api("/api/reasons")).reasons || {};
+  } catch {
+    reasons = {};  // the chart still shows the codes
+  }
+}
+
 async function refresh() {
   try {
+    await loadReasons();
     const job = await api(base);
     const key = JSON.stringify(job);
     if (key !== lastJobKey) {

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from common.pipeline.collect import Collected
     from common.pipeline.embed import ClipEmbedder
 
-_DOWNLOAD_STAGE = {"duplicate_url", "invalid_url", "blocked_address", "timeout", "connection_error",
+_DOWNLOAD_STAGE = {"duplicate_url", "invalid_url", "blocked_address", "timeout", "connection_error", "worker_lost",
                    "too_many_redirects", "too_large", "not_an_image", "robots_noai", "empty_body"}
 _QUALITY_STAGE = {"decode_error", "truncated", "decompression_bomb", "too_small", "bad_aspect_ratio",
                   "blurry", "too_dark", "washed_out", "low_information"}
