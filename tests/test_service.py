@@ -106,9 +106,11 @@ def test_cancel_during_fetch_stops_within_seconds(service: Service, image_server
     job_id = service.submit(query="slow", limit=10, source="urls",
                             urls=slow_urls(image_server, 60, 25, "cancel-fetch"), output="cancel-fetch")
     wait_for(lambda: service.job(job_id)["stage"] == "fetch" and service.active_tasks(), 60, "fetch to start")
+    other = service.submit(query=corpus.TARGET, limit=20, output="beside-the-cancel")
     assert service.api("POST", f"/api/jobs/{job_id}/cancel").status_code == 202
     job = service.wait_status(job_id, {"cancelled"}, timeout_s=8)
     assert job["stage"] == "fetch"
+    assert service.wait_status(other, {"done", "failed", "cancelled"})["status"] == "done"  # untouched
     wait_for(lambda: not service.active_tasks(), 30, "the workers to be idle")
     job = service.job(job_id)
     assert job["status"] == "cancelled" and "embedding" not in service.api("GET", f"/api/jobs/{job_id}/log").text
