@@ -24,7 +24,7 @@ from common.pipeline import export, staging
 from common.pipeline.accept import Rejected, StagedImage
 from common.pipeline.collect import Collected, rejection_extra, stage_stream
 from common.pipeline.embed import ClipEmbedder, ImagePreparer
-from common.pipeline.progress import Cancelled
+from common.pipeline.progress import Cancelled, SilentProgress
 from common.pipeline.records import Candidate, Outcome
 from common.pipeline.run_local import BuildError, candidate_budget, finish
 from common.pipeline.sources import SearchResult, SourceError, search
@@ -35,21 +35,13 @@ from workers.jobstate import JobError, job_settings
 __all__ = ["JobError", "run_embed", "run_fetch_chunk", "run_search", "run_select"]
 
 
-class JobProgress:
-    """Progress for stage code running in a task: the cancel flag is read at most twice a second."""
+class JobProgress(SilentProgress):
+    """Progress for stage code running in a task: counts come from the candidate rows; the
+    cancel flag is read at most twice a second."""
 
     def __init__(self, job_id: str, every_s: float = 0.5) -> None:
         self.job_id, self.every_s = job_id, every_s
         self._checked, self._cancelled = 0.0, False
-
-    def start(self, stage: str, total: int | None = None) -> None:
-        pass
-
-    def advance(self, stage: str, n: int = 1) -> None:
-        pass
-
-    def finish(self, stage: str) -> None:
-        pass
 
     def log(self, message: str) -> None:
         jobstate.log_line(self.job_id, message)
