@@ -94,6 +94,10 @@ def _submit(body: dict[str, Any]) -> ResponseReturnValue:
     if spec.limit > settings().max_job_limit:
         detail = [{"field": "limit", "message": f"at most {settings().max_job_limit} on this server"}]
         raise ApiError(422, "validation_error", detail)
+    active = db.session.scalar(select(func.count()).where(Job.status.in_(ACTIVE)))
+    if active is not None and active >= settings().max_active_jobs:
+        raise ApiError(429, "too_many_requests", f"{active} jobs are queued or running, the most this server "
+                       "takes at once; submit again when some have finished.")
     job_id = str(uuid.uuid4())
     output = spec.output or f"{slug(spec.query)}-{job_id[:8]}"
     _check_output_free(output)

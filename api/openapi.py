@@ -14,9 +14,9 @@ ERRORS = {"404": "No such job.", "409": "Not possible in the job's current state
 
 # (method, path, summary, request model, (status, response model or media type), extra parameters, errors)
 ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[dict[str, Any]], tuple[str, ...]]] = [
-    ("post", "/api/jobs", "Submit a job", schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422")),
+    ("post", "/api/jobs", "Submit a job", schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422", "429")),
     ("post", "/api/run", "Submit a job (the original dashboard's route; `out_dir` is accepted for `output`)",
-     schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422")),
+     schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422", "429")),
     ("get", "/api/jobs", "List jobs, newest first", None, ("200", schemas.JobList), [
         {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
         {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
@@ -49,6 +49,7 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[
 _ERROR_TEXT = {"400": "Bad query parameter.", "401": "Missing or wrong bearer token.", "404": ERRORS["404"],
                "409": ERRORS["409"], "413": "Body over 16 KiB.", "415": "Body is not JSON.",
                "422": "A field is missing, of the wrong type or out of bounds.",
+               "429": "Too many jobs queued or running; submit again later.",
                "503": "A backing service is unreachable."}
 
 

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     fetch_chunk_size: int = Field(50, ge=1, le=5000)
     max_job_limit: int = Field(1000, ge=1)
+    # Jobs queued or running at once; more submissions get 429 until some finish.
+    max_active_jobs: int = Field(50, ge=1)
     # Bearer tokens the API accepts, comma separated; none means the API is open.
     api_tokens: str = ""
     # The sweep (every sweep_every_s) re-sends the current step of a running job that has shown

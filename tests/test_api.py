@@ -197,6 +197,15 @@ def test_listing_pages_and_filters(client: FlaskClient, app: Flask) -> None:
     assert_error(client.get("/api/jobs?per_page=abc"), 400, "bad_request")
 
 
+def test_submissions_beyond_the_active_job_cap_get_429(backing: tuple[Path, str, str]) -> None:
+    app = make_app(*backing, max_active_jobs=1)
+    client = app.test_client()
+    client.post("/api/jobs", json={"query": "cat"})  # at least one job is active from here on
+    assert_error(client.post("/api/jobs", json={"query": "cat"}), 429, "too_many_requests")
+    with app.app_context():
+        db.engine.dispose()
+
+
 def test_reason_codes_are_explained_with_their_stage(client: FlaskClient) -> None:
     reasons = client.get("/api/reasons").get_json()["reasons"]
     assert reasons["blurry"]["stage"] == "quality" and "Laplacian" in reasons["blurry"]["description"]
