@@ -23,6 +23,7 @@ from common.config import Settings
 from common.db import db
 from common.models import Job
 from service_harness import create_database, drop_database, free_redis_db
+from workers.broker import waiting_task_ids
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 
@@ -59,6 +60,13 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+def app_job_task_ids(client: FlaskClient, job_id: str) -> list[dict[str, str]]:
+    with client.application.app_context():
+        job = db.session.get(Job, job_id)
+        assert job is not None
+        return list(job.task_ids)
+
+
 def finished_job(app: Flask, status: str = "done", output: str | None = None) -> str:
     with app.app_context():
         job = Job(query="cat", request_limit=5, out_dir=output or f"out-{uuid.uuid4().hex[:6]}", source="naver",
@@ -87,6 +95,8 @@ def test_submit_answers_202_with_links_and_queues_the_search(client: FlaskClient
     assert job["output"].startswith("dataset-") and job["progress"]["candidates"] == 0
     queued = redis.Redis.from_url(backing[2]).lrange("cpu", 0, -1)
     assert any(body["id"].encode() in message for message in queued)
+    task_ids = {t["id"] for t in app_job_task_ids(client, body["id"])}
+    assert task_ids and task_ids <= waiting_task_ids(backing[2])  # the sweep sees it as waiting, not lost
 
 
 def test_the_original_dashboards_run_route_still_works(client: FlaskClient) -> None:

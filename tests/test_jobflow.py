@@ -34,9 +34,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
 
 
 def make_job(stage: str = "fetch", status: str = "running", chunks: int = 2, **fields: object) -> str:
+    values: dict[str, object] = {"task_ids": [], **fields}
     job = Job(query="cat", request_limit=5, out_dir=f"cats-{id(fields)}-{stage}", source="urls", status=status,
-              stage=stage, options={}, log="", task_ids=[], fetch_chunks_total=chunks,
-              heartbeat_at=jobstate.now(), **fields)
+              stage=stage, options={}, log="", fetch_chunks_total=chunks, heartbeat_at=jobstate.now(), **values)
     db.session.add(job)
     db.session.flush()
     for chunk in range(chunks):
@@ -141,3 +141,13 @@ def test_select_redelivered_after_its_export_finishes_the_job_from_report(app: F
     rows = {r.url: (r.status, r.reason) for r in db.session.query(Candidate).filter_by(job_id=job_id)}
     assert rows == {"http://x/0/0": ("kept", None), "http://x/0/1": ("dropped", "blurry"),
                     "http://x/0/2": ("dropped", "other_cluster")}
+
+
+def test_a_job_whose_task_waits_in_a_queue_is_neither_resent_nor_failed(app: Flask) -> None:
+    waiting = make_job(task_ids=[{"id": "queued-task", "queue": "cpu"}])
+    reload(waiting).heartbeat_at = jobstate.now() - dt.timedelta(hours=2)
+    db.session.commit()
+    assert waiting not in jobstate.sweep(stall_timeout_s=60, waiting_ids={"queued-task"})
+    assert waiting not in [j.id for j in jobstate.stalled(60, {"queued-task"})]
+    assert reload(waiting).status == "running"
+    assert waiting in [j.id for j in jobstate.stalled(60, set())]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from flask import current_app
@@ -120,21 +121,28 @@ def _remove_staging(job: Job) -> None:
         out.rmdir()
 
 
-def stalled(resend_after_s: float) -> list[Job]:
-    """Running jobs without progress for `resend_after_s`: their current task was probably lost.
+def _waiting(job: Job, waiting_ids: AbstractSet[str]) -> bool:
+    """True when a task of this job still waits in a queue: it is waiting its turn, not lost."""
+    return any(task["id"] in waiting_ids for task in job.task_ids or [])
+
+
+def stalled(resend_after_s: float, waiting_ids: AbstractSet[str] = frozenset()) -> list[Job]:
+    """Running jobs without progress for `resend_after_s` and nothing queued: a task was lost.
 
     Their heartbeat is reset, so a step is re-sent once per period, not at every sweep.
     """
     cutoff = now() - dt.timedelta(seconds=resend_after_s)
     jobs = db.session.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)
                               .with_for_update(skip_locked=True)).all()
-    for job in jobs:
+    lost = [job for job in jobs if not _waiting(job, waiting_ids)]
+    for job in lost:
         job.heartbeat_at = now()
     db.session.commit()
-    return list(jobs)
+    return lost
 
 
-def sweep(stall_timeout_s: float, cancel_grace_s: float = 5.0) -> list[str]:
+def sweep(stall_timeout_s: float, cancel_grace_s: float = 5.0,
+          waiting_ids: AbstractSet[str] = frozenset()) -> list[str]:
     """Fail running jobs nobody has worked on for too long; finish cancels no task finished.
 
     A worker killed outright holds its unacknowledged task until the broker's visibility
@@ -147,7 +155,7 @@ def sweep(stall_timeout_s: float, cancel_grace_s: float = 5.0) -> list[str]:
         last = job.heartbeat_at or job.started_at or job.created_at
         if job.status == "cancelling" and last < cancel_cutoff and stop_cancelled(job.id):
             swept.append(job.id)
-        elif job.status == "running" and last < cutoff:
+        elif job.status == "running" and last < cutoff and not _waiting(job, waiting_ids):
             minutes = round(stall_timeout_s / 60, 1)
             if fail(job.id, f"no progress for {minutes} minutes: a worker probably died; submit the job again"):
                 swept.append(job.id)

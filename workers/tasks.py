@@ -14,7 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from common.db import db
 from common.pipeline.embed import ClipEmbedder, ModelLoadError
 from common.pipeline.progress import Cancelled
-from workers import jobstate, stages
+from workers import broker, jobstate, stages
 from workers.celery_app import ROUTES
 from workers.jobstate import JobError
 
@@ -125,8 +125,9 @@ def finish_cancel(job_id: str) -> None:
 def sweep() -> list[str]:
     """Re-send the lost step of stalled jobs (every task is idempotent); fail hopeless ones."""
     settings = jobstate.base_settings()
-    failed = jobstate.sweep(settings.stall_timeout_s)
-    for job in jobstate.stalled(settings.stall_resend_s):
+    waiting = broker.waiting_task_ids(settings.redis_url)
+    failed = jobstate.sweep(settings.stall_timeout_s, waiting_ids=waiting)
+    for job in jobstate.stalled(settings.stall_resend_s, waiting):
         step = RESEND.get(job.stage or "")
         if step is not None:
             calls = [(job.id, c) for c in stages.unfetched_chunks(job.id)] if step is fetch_chunk else [(job.id,)]

@@ -1,0 +1,29 @@
+"""What still waits in the broker: tasks sent but not yet taken by any worker.
+
+The sweep must not mistake a job whose tasks wait their turn behind other jobs for a job whose
+worker died; a task id still in a queue means the job is waiting, not lost.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+QUEUES = ("cpu", "gpu")
+
+
+def waiting_task_ids(redis_url: str, queues: tuple[str, ...] = QUEUES) -> set[str]:
+    """Ids of the task messages in the Redis lists of these queues (kombu's message layout)."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        found: set[str] = set()
+        for name in queues:
+            for raw in client.lrange(name, 0, -1):
+                try:
+                    found.add(str(json.loads(raw)["headers"]["id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a Celery task message
+        return found
+    finally:
+        client.close()
