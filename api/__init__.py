@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
-from api import openapi
+from api import openapi, signing
 from common.config import Settings
 from common.db import db, migrate
 from workers.celery_app import make_celery
@@ -50,20 +50,18 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     @app.get("/api/openapi.json")
     def openapi_document() -> ResponseReturnValue:
-        return jsonify(openapi.document(secured=bool(_tokens())))
+        return jsonify(openapi.document(secured=bool(signing.configured_tokens())))
 
     return app
 
 
-def _tokens() -> list[str]:
-    settings: Settings = current_app.config["CVDB_SETTINGS"]
-    return [t.strip() for t in settings.api_tokens.split(",") if t.strip()]
-
-
 def _require_token() -> None:
-    """With tokens configured, every /api/ route needs `Authorization: Bearer <token>`."""
-    tokens = _tokens()
+    """With tokens configured, every /api/ route needs `Authorization: Bearer <token>`,
+    or, for a job's result files, a signed link handed out by the API."""
+    tokens = signing.configured_tokens()
     if not tokens or not request.path.startswith("/api/") or request.path == "/api/openapi.json":
+        return
+    if request.method in ("GET", "HEAD") and signing.valid(request.path, request.args, tokens):
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # Compare against every token in constant time: no early exit that leaks which one matched.

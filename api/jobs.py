@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import Integer, case, func, select
 from zipstream import ZIP_STORED, ZipStream
 
-from api import queue
+from api import queue, signing
 from api.schemas import JobRequest
 from common.cli import slug
 from common.config import Settings
@@ -129,9 +129,11 @@ def _check_output_free(output: str) -> None:
 
 
 def _links(job_id: str) -> dict[str, str]:
+    """Where to find the job's parts; result files are signed links when tokens are configured."""
     base = f"/api/jobs/{job_id}"
-    return {"self": base, "log": f"{base}/log", "images": f"{base}/images", "manifest": f"{base}/manifest",
-            "archive": f"{base}/archive", "cancel": f"{base}/cancel"}
+    return {"self": base, "log": f"{base}/log", "images": f"{base}/images",
+            "manifest": signing.link(f"{base}/manifest"), "archive": signing.link(f"{base}/archive"),
+            "cancel": f"{base}/cancel"}
 
 
 def _progress(job_ids: list[str]) -> dict[str, dict[str, int]]:
@@ -225,7 +227,8 @@ def _manifest_rows(job: Job) -> list[dict[str, Any]]:
 def list_images(job_id: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
     rows = _manifest_rows(job)
-    images = [{"file": r["file"], "url": f"/api/jobs/{job.id}/images/{r['file']}", "manifest": r} for r in rows]
+    images = [{"file": r["file"], "url": signing.link(f"/api/jobs/{job.id}/images/{r['file']}"), "manifest": r}
+              for r in rows]
     return jsonify({"id": job.id, "count": len(images), "images": images})
 
 

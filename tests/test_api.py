@@ -237,6 +237,29 @@ def test_tokens_protect_the_api_when_configured(backing: tuple[Path, str, str]) 
         db.engine.dispose()
 
 
+def test_signed_links_open_result_files_without_the_token(backing: tuple[Path, str, str]) -> None:
+    app = make_app(*backing, api_tokens=TOKEN)
+    client, auth = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
+    job_id = finished_job(app, output="signed-set")
+    folder = backing[0] / "data" / "signed-set"
+    folder.mkdir(parents=True)
+    (folder / "img_0001.jpg").write_bytes(b"\xff\xd8jpeg")
+    (folder / "report.json").write_text("{}")
+    (folder / "manifest.jsonl").write_text('{"file": "img_0001.jpg"}\n')
+    image_url = client.get(f"/api/jobs/{job_id}/images", headers=auth).get_json()["images"][0]["url"]
+    archive_url = client.get(f"/api/jobs/{job_id}", headers=auth).get_json()["links"]["archive"]
+    assert "sig=" in image_url and "exp=" in archive_url
+    assert client.get(image_url).data == b"\xff\xd8jpeg"  # no Authorization header
+    assert client.get(archive_url).status_code == 200
+    path, _, query = image_url.partition("?")
+    assert_error(client.get(f"/api/jobs/{job_id}/manifest?{query}"), 401)  # signed for another path
+    assert_error(client.get(f"{path}?{query.replace('sig=', 'sig=0')}"), 401)  # tampered
+    assert_error(client.get(f"{path}?exp=1&{query.split('&')[1]}"), 401)  # expired
+    assert_error(client.get(f"/api/jobs/{job_id}/log?{query}"), 401)  # never for other routes
+    with app.app_context():
+        db.engine.dispose()
+
+
 def test_openapi_document_describes_every_route(client: FlaskClient, app: Flask) -> None:
     document = client.get("/api/openapi.json").get_json()
     assert document["openapi"].startswith("3.1")

@@ -315,10 +315,14 @@ def test_a_401_asks_for_a_token_that_is_kept_and_sent(browser: WebDriver, guarde
         wait(browser, lambda b: row_status(b, form_job["id"]) == "done", "the history with the token")
         assert banner_text(browser) == "" and not browser.find_element(By.ID, "auth").is_displayed()
         assert js(browser, "return localStorage.getItem('cvdb.apiToken')") == secret
-        # Images need the token too: the page fetches them with it.
+        # Images and the zip cannot send the token: the API hands out signed links for them.
         open_page(browser, f"{url}/jobs/{form_job['id']}")
         wait(browser, lambda b: js(b, "const i = document.querySelector('#image-grid img');"
-                                      "return i && i.src.startsWith('blob:') && i.naturalWidth > 0"), "a thumbnail")
+                                      "return i && i.src.includes('sig=') && i.naturalWidth > 0"), "a thumbnail")
+        archive = browser.find_element(By.ID, "archive-link").get_attribute("href")
+        assert "sig=" in archive
+        download = requests.get(archive, timeout=30)  # what the browser fetches: no Authorization header
+        assert download.status_code == 200 and download.content[:2] == b"PK"
     finally:
         js(browser, "localStorage.clear()")
 

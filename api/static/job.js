@@ -1,7 +1,7 @@
 // One job's page: summary, drop reasons, clusters, kept images with a viewer, and the live log.
 import {
-  ACTIVE, STEPS, activeSteps, api, authHeaders, clearError, el, formatElapsed, formatNumber, formatTime,
-  poll, safeLink, setupAuth, showError, stageInfo, statusBadge, token, userText,
+  ACTIVE, STEPS, activeSteps, api, clearError, el, formatElapsed, formatNumber, formatTime,
+  poll, safeLink, setupAuth, showError, stageInfo, statusBadge, userText,
 } from "/ui/common.js";
 
 const jobId = new URLSearchParams(location.search).get("id") || decodeURIComponent(location.pathname.split("/").pop());
@@ -151,26 +151,10 @@ function renderClusters(job) {
 
 // -- images ---------------------------------------------------------------------------------------
 
-const blobUrls = new Map();
-
-/** Show an API image; with a token, <img src> cannot send it, so fetch the bytes instead. */
-async function showImage(img, url) {
-  if (!token()) { img.src = url; return; }
-  if (!blobUrls.has(url)) {
-    const response = await fetch(url, { headers: authHeaders() });
-    if (!response.ok) { img.alt = `${img.alt} (could not load: ${response.status})`; return; }
-    blobUrls.set(url, URL.createObjectURL(await response.blob()));
-  }
-  img.src = blobUrls.get(url);
+/** API image URLs are plain, or signed links when tokens protect the API: <img src> works for both. */
+function showImage(img, url) {
+  img.src = url;
 }
-
-const lazy = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
-  for (const entry of entries) {
-    if (!entry.isIntersecting) continue;
-    lazy.unobserve(entry.target);
-    showImage(entry.target, entry.target.dataset.src);
-  }
-}, { rootMargin: "200px" }) : null;
 
 async function loadImages(job) {
   const grid = document.getElementById("image-grid");
@@ -196,30 +180,12 @@ async function loadImages(job) {
   empty.textContent = "No images were kept.";
   grid.replaceChildren(...images.map((image, index) => {
     const img = el("img", { alt: image.file, loading: "lazy", width: 160, height: 160 });
-    if (token() && lazy) { img.dataset.src = image.url; lazy.observe(img); } else showImage(img, image.url);
+    showImage(img, image.url);
     const sim = image.manifest && typeof image.manifest.query_similarity === "number"
       ? ` · sim ${image.manifest.query_similarity.toFixed(2)}` : "";
     return el("button", { type: "button", class: "thumb", title: `${image.file}${sim}`, dataset: { index },
       onclick: () => openViewer(index) }, img, el("span", { class: "thumb-caption", text: `${image.file}${sim}` }));
   }));
-}
-
-async function downloadWithToken(event) {
-  if (!token()) return;  // a plain link works without a token
-  event.preventDefault();
-  const link = event.currentTarget;
-  try {
-    const response = await fetch(link.href, { headers: authHeaders() });
-    if (!response.ok) throw new Error(`the server answered ${response.status}`);
-    const url = URL.createObjectURL(await response.blob());
-    const a = el("a", { href: url, download: link.getAttribute("download") });
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60000);
-  } catch (err) {
-    showError(`Could not download the archive: ${err.message}`);
-  }
 }
 
 // -- the viewer -----------------------------------------------------------------------------------
@@ -321,6 +287,5 @@ async function refresh() {
   }
 }
 
-document.getElementById("archive-link").addEventListener("click", downloadWithToken);
 setupAuth(() => { lastJobKey = null; imagesLoadedFor = null; poller.stop(); poller = poll(refresh); });
 poller = poll(refresh);
