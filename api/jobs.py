@@ -54,7 +54,9 @@ def _json_body() -> dict[str, Any]:
 
 
 def _validation_detail(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"field": ".".join(map(str, e["loc"])) or "body", "message": e["msg"]} for e in exc.errors()]
+    # Our own validators' messages are sentences already; pydantic prefixes them with "Value error, ".
+    return [{"field": ".".join(map(str, e["loc"])) or "body", "message": e["msg"].removeprefix("Value error, ")}
+            for e in exc.errors()]
 
 
 def _job_or_404(job_id: str) -> Job:
