@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TextIO
 
 import psycopg2
+from psycopg2 import sql
 import redis
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from common import topology
 from common.config import Settings
@@ -51,13 +52,34 @@ def plan(cpu_workers: int, concurrency: int, bind: str, flower: bool, beat: bool
     return processes
 
 
-def preflight(settings: Settings) -> None:
+def _connect(url: URL, database: str | None = None) -> psycopg2.extensions.connection:
+    return psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+                            dbname=database or url.database, connect_timeout=3)
+
+
+def _create_database(url: URL, out: TextIO) -> None:
+    """A reachable server without the service's database gets it created (the first start)."""
+    conn = _connect(url, "postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
+    finally:
+        conn.close()
+    out.write(f"created the database {url.database}\n")
+
+
+def preflight(settings: Settings, out: TextIO = sys.stdout) -> None:
     """Fail early, with the command to fix it, when Postgres or Redis is not there."""
     url = make_url(settings.database_url)
     try:
-        psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-                         dbname=url.database, connect_timeout=3).close()
-    except psycopg2.OperationalError as exc:
+        try:
+            _connect(url).close()
+        except psycopg2.OperationalError as exc:
+            if f'database "{url.database}" does not exist' not in str(exc):
+                raise
+            _create_database(url, out)
+    except psycopg2.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise ServeError(f"cannot reach Postgres at {url.host}:{url.port or 5432}/{url.database} ({first}). "
                          "Start it (e.g. `pg_ctlcluster 15 main start`), create the database "

@@ -23,3 +23,26 @@ def test_commands_run_from_this_environment_even_when_it_is_not_activated() -> N
     assert resolved[0] == str(Path(sys.executable).parent / "celery")
     assert resolved[1:] == topology.gpu_worker()[1:]
     assert serve.resolve(["no-such-program-xyz", "--flag"]) == ["no-such-program-xyz", "--flag"]
+
+
+def test_preflight_creates_a_missing_database_and_names_a_missing_redis() -> None:
+    import io
+    import uuid
+
+    import pytest
+    from sqlalchemy.engine import make_url
+
+    from common.config import Settings
+    from service_harness import SERVER_URL, drop_database
+
+    url = SERVER_URL.set(database=f"cvdb_test_{uuid.uuid4().hex[:12]}").render_as_string(hide_password=False)
+    out = io.StringIO()
+    try:
+        serve.preflight(Settings(database_url=url), out)
+        assert f"created the database {make_url(url).database}" in out.getvalue()
+        serve.preflight(Settings(database_url=url), out)  # the second start finds it
+        assert out.getvalue().count("created") == 1
+        with pytest.raises(serve.ServeError, match="cannot reach Redis at redis://127.0.0.1:1/0"):
+            serve.preflight(Settings(database_url=url, redis_url="redis://127.0.0.1:1/0"), out)
+    finally:
+        drop_database(url)
