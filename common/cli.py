@@ -1,10 +1,13 @@
-"""cvdb: build a clean image dataset from one search query, in one process, with no servers."""
+"""cvdb: build a clean image dataset from one search query, in one process (build) or as a service (serve)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -165,11 +168,14 @@ def serve(
     flower: Annotated[bool, Opt(help="Run Flower (monitoring; set FLOWER_BASIC_AUTH=user:password).")] = True,
     flower_port: Annotated[int, Opt(min=1, max=65535, help="Flower's port.")] = 5555,
     beat: Annotated[bool, Opt(help="Run the scheduler that fails jobs whose worker died.")] = True,
+    demo: Annotated[bool, Opt("--demo", help="Offline: serve generated search results on 127.0.0.1 as Naver and use the tiny demo CLIP (search for 'sunflower').")] = False,
 ) -> None:
     """Run the service on this machine: API + CPU workers + GPU worker + beat + Flower (compose.yaml without Docker).
 
     Needs Postgres (CVDB_DATABASE_URL) and Redis (CVDB_REDIS_URL); the database schema is migrated first.
     """
+    from contextlib import ExitStack
+
     from common import serve as launcher
 
     settings = make_settings()
@@ -179,8 +185,27 @@ def serve(
     except launcher.ServeError as exc:
         fail(str(exc))
     processes = launcher.plan(cpu_workers, concurrency, f"{host}:{port}", flower, beat, flower_port)
-    err.print(f"Starting {', '.join(p.name for p in processes)}; the API is on http://{host}:{port}/ (Ctrl-C stops all)")
-    raise typer.Exit(launcher.run(processes))
+    with ExitStack() as stack:
+        if demo:
+            stack.enter_context(_demo_environment())
+        err.print(f"Starting {', '.join(p.name for p in processes)}; the API is on http://{host}:{port}/ (Ctrl-C stops all)")
+        code = launcher.run(processes)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _demo_environment() -> Iterator[None]:
+    """The demo's fake Naver and tiny CLIP, handed to the service's processes as CVDB_* settings."""
+    from common.devkit.demo import QUERY, serve_demo_results, tiny_model_settings
+    from common.devkit.tiny_clip import ensure_tiny_clip
+
+    with err.status("Loading the tiny demo CLIP (the first run trains it on synthetic pictures: a few minutes) ..."):
+        model_dir = ensure_tiny_clip(Path(".cache/cvdb").resolve())
+    with serve_demo_results() as demo_search:
+        values = {**tiny_model_settings(model_dir), **demo_search.naver_settings}
+        os.environ.update({f"CVDB_{k.upper()}": str(v) for k, v in values.items() if v is not None})
+        err.print(f"Demo: a fake Naver on 127.0.0.1 serves generated pictures; submit the query {QUERY!r}")
+        yield
 
 
 def resolve_or_fail(out: Path, settings: Any) -> Path:

@@ -71,6 +71,7 @@ def _create_database(url: URL, out: TextIO) -> None:
 
 def preflight(settings: Settings, out: TextIO = sys.stdout) -> None:
     """Fail early, with the command to fix it, when Postgres or Redis is not there."""
+    settings.data_root.mkdir(parents=True, exist_ok=True)  # datasets and beat's schedule go there
     url = make_url(settings.database_url)
     try:
         try:

@@ -25,7 +25,7 @@ def test_commands_run_from_this_environment_even_when_it_is_not_activated() -> N
     assert serve.resolve(["no-such-program-xyz", "--flag"]) == ["no-such-program-xyz", "--flag"]
 
 
-def test_preflight_creates_a_missing_database_and_names_a_missing_redis() -> None:
+def test_preflight_creates_a_missing_database_and_data_folder_and_names_a_missing_redis(tmp_path: Path) -> None:
     import io
     import uuid
 
@@ -36,13 +36,34 @@ def test_preflight_creates_a_missing_database_and_names_a_missing_redis() -> Non
     from service_harness import SERVER_URL, drop_database
 
     url = SERVER_URL.set(database=f"cvdb_test_{uuid.uuid4().hex[:12]}").render_as_string(hide_password=False)
-    out = io.StringIO()
+    out, data_root = io.StringIO(), tmp_path / "new" / "data"
     try:
-        serve.preflight(Settings(database_url=url), out)
-        assert f"created the database {make_url(url).database}" in out.getvalue()
+        serve.preflight(Settings(database_url=url, data_root=data_root), out)
+        assert f"created the database {make_url(url).database}" in out.getvalue() and data_root.is_dir()
         serve.preflight(Settings(database_url=url), out)  # the second start finds it
         assert out.getvalue().count("created") == 1
         with pytest.raises(serve.ServeError, match="cannot reach Redis at redis://127.0.0.1:1/0"):
             serve.preflight(Settings(database_url=url, redis_url="redis://127.0.0.1:1/0"), out)
     finally:
         drop_database(url)
+
+
+def test_demo_mode_points_the_service_at_a_local_fake_naver_and_the_tiny_model(
+        tiny_clip: Path, monkeypatch: "pytest.MonkeyPatch") -> None:
+    import os
+
+    import pytest  # noqa: F401
+
+    from common.cli import _demo_environment
+    from common.config import Settings
+    from common.devkit.demo import QUERY
+    from common.pipeline.sources import search
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the demo keeps its model under .cache/cvdb
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what the children inherit; restored after
+    with _demo_environment():
+        settings = Settings()
+        assert Path(settings.model) == tiny_clip and settings.allow_private_addresses
+        assert settings.naver_search_url.startswith("http://127.0.0.1:")
+        found = search(QUERY, 20, settings)
+        assert found.served_by == "naver" and len(found.candidates) == 20
