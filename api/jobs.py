@@ -106,7 +106,7 @@ def _submit(body: dict[str, Any]) -> ResponseReturnValue:
     job = Job(id=job_id, query=spec.query, request_limit=spec.limit, out_dir=output, source=spec.source,
               options=spec.pipeline_options(), status="queued", log="", task_ids=[])
     db.session.add(job)
-    task_id = queue.new_task_id(job, "cpu")
+    task_id = job.record_task("cpu")
     job.append_log(f"queued: {spec.limit} images of {spec.query!r} from {spec.source} into {output}")
     db.session.commit()  # the row exists before any worker can look for it
     try:
@@ -290,7 +290,7 @@ def cancel_job(job_id: str) -> ResponseReturnValue:
     job.cancel_requested, job.status = True, "cancelling"
     job.append_log("cancel requested")
     sent = list(job.task_ids or [])
-    finisher = queue.new_task_id(job, "cpu")
+    finisher = job.record_task("cpu")
     db.session.commit()
     queue.revoke(sent)
     queue.enqueue(finisher, "workers.tasks.finish_cancel", "cpu", job.id, countdown=queue.CANCEL_GRACE_S)

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-
 from celery import Celery
 from flask import current_app
-
-from common.models import Job
 
 CANCEL_GRACE_S = 3.0
 
 
 def celery() -> Celery:
     return current_app.extensions["celery"]
-
-
-def new_task_id(job: Job, queue: str) -> str:
-    """A task id recorded on the job before the task is sent: the caller commits, then enqueues."""
-    task_id = str(uuid.uuid4())
-    job.task_ids = [*(job.task_ids or []), {"id": task_id, "queue": queue}]
-    return task_id
 
 
 def enqueue(task_id: str, name: str, queue: str, *args: object, countdown: float | None = None) -> None:

@@ -87,6 +87,12 @@ class Job(db.Model):
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True
     )
 
+    def record_task(self, queue: str) -> str:
+        """A new task id, recorded before the task is sent (commit, then send): cancel revokes it."""
+        task_id = str(uuid.uuid4())
+        self.task_ids = [*(self.task_ids or []), {"id": task_id, "queue": queue}]
+        return task_id
+
     def append_log(self, line: str) -> None:
         """Add one line to the job's log (kept as text so the API can return it as is)."""
         self.log = f"{self.log or ''}{log_entry(line)}"

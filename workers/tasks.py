@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -44,17 +43,16 @@ def queue_of(task: Task) -> str:
     return ROUTES.get(task.name, ROUTES["workers.tasks.*"])["queue"]
 
 
-def send(job_id: str, task: Task, calls: list[tuple[Any, ...]], countdown: float | None = None) -> None:
+def send(job_id: str, task: Task, calls: list[tuple[Any, ...]]) -> None:
     """Record the task ids on the job first (cancel revokes them), then enqueue."""
-    ids = [str(uuid.uuid4()) for _ in calls]
     job = jobstate.locked(job_id)
     if job is None:
         db.session.rollback()
         return
-    job.task_ids = [*(job.task_ids or []), *({"id": i, "queue": queue_of(task)} for i in ids)]
+    ids = [job.record_task(queue_of(task)) for _ in calls]
     db.session.commit()
     for task_id, args in zip(ids, calls):
-        task.apply_async(args=args, task_id=task_id, countdown=countdown)
+        task.apply_async(args=args, task_id=task_id)
 
 
 def guarded(job_id: str, stage: str, work: Callable[[], None]) -> None:
