@@ -151,3 +151,12 @@ def test_a_job_whose_task_waits_in_a_queue_is_neither_resent_nor_failed(app: Fla
     assert waiting not in [j.id for j in jobstate.stalled(60, {"queued-task"})]
     assert reload(waiting).status == "running"
     assert waiting in [j.id for j in jobstate.stalled(60, set())]
+
+
+def test_a_search_that_finds_nothing_fails_the_job_with_a_reason(app: Flask) -> None:
+    job = Job(query="nothing", request_limit=5, out_dir="nothing-found", source="urls", status="queued",
+              options={"urls": ["   ", "# only a comment"]}, log="", task_ids=[])
+    db.session.add(job)
+    db.session.commit()
+    with pytest.raises(jobstate.JobError, match="contains no URLs"):
+        stages.run_search(job.id)

@@ -83,7 +83,13 @@ def run_search(job_id: str) -> list[int]:
         found = _find(job)
     except (SourceError, export.OutputError) as exc:
         raise JobError(str(exc)) from exc
+    if not found.candidates:
+        raise JobError(f"{found.served_by} found no image URLs for {job.query!r}; try another query or source")
     return _store_candidates(job_id, found, settings.fetch_chunk_size)
+
+
+# Candidate fields that have their own column; the rest is kept as the row's `meta`.
+_ROW_FIELDS = ("url", "source", "rank")
 
 
 def _store_candidates(job_id: str, found: SearchResult, chunk_size: int) -> list[int]:
@@ -93,8 +99,7 @@ def _store_candidates(job_id: str, found: SearchResult, chunk_size: int) -> list
         return []
     unique = list({c.url: c for c in found.candidates}.values())
     for index, c in enumerate(unique):
-        meta = {"thumbnail_url": c.thumbnail_url, "source_page": c.source_page, "title": c.title,
-                "width": c.width, "height": c.height}
+        meta = {k: v for k, v in c.to_dict().items() if k not in _ROW_FIELDS}
         db.session.add(CandidateRow(job_id=job_id, url=c.url, rank=c.rank, source=c.source, meta=meta,
                                     chunk=index // chunk_size))
     chunks = list(range((len(unique) + chunk_size - 1) // chunk_size))
@@ -264,8 +269,8 @@ def run_select(job_id: str, embedder: ClipEmbedder) -> None:
 
 
 def _meta(row: CandidateRow) -> dict[str, Any]:
-    meta = row.meta or {}
-    return {k: meta.get(k) for k in ("thumbnail_url", "source_page", "title", "width", "height")}
+    """The search metadata stored with the row, as Candidate fields."""
+    return {k: v for k, v in (row.meta or {}).items() if k in Candidate.__dataclass_fields__ and k not in _ROW_FIELDS}
 
 
 def _collected(rows: list[CandidateRow], folder: Path, dim: int) -> Collected:
