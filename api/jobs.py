@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 import re
 import shutil
 import uuid
@@ -156,7 +157,7 @@ def job_out(job: Job, progress: dict[str, int]) -> dict[str, Any]:
     data["output"] = data.pop("out_dir")
     data["options"] = {k: v for k, v in data["options"].items() if k != "source_info"}
     data["progress"] = progress
-    end = job.finished_at or (db.session.scalar(select(func.now())) if job.started_at else None)
+    end = job.finished_at or datetime.now(UTC)
     data["elapsed_s"] = round((end - job.started_at).total_seconds(), 1) if job.started_at and end else None
     data["links"] = _links(job.id)
     return data
