@@ -72,7 +72,7 @@ def _job_or_404(job_id: str) -> Job:
 
 
 def _out_dir(job: Job) -> Path:
-    return resolve_output(settings().data_root / job.out_dir, settings().data_root)
+    return job.folder(settings().data_root)
 
 
 @bp.post("/jobs")
@@ -240,9 +240,10 @@ def get_image(job_id: str, name: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
     if not IMAGE_NAME.fullmatch(name):
         raise ApiError(404, "not_found", f"No image {name!r}: image names look like img_0001.jpg.")
-    if job.status != "done" or not (_out_dir(job) / name).is_file():
+    folder = _out_dir(job)
+    if job.status != "done" or not (folder / name).is_file():
         raise ApiError(404, "not_found", f"Job {job.id} has no image {name}.")
-    return send_from_directory(_out_dir(job), name, mimetype="image/jpeg", max_age=3600)
+    return send_from_directory(folder, name, mimetype="image/jpeg", max_age=3600)
 
 
 @bp.get("/jobs/<job_id>/manifest")
@@ -255,9 +256,10 @@ def get_manifest(job_id: str) -> ResponseReturnValue:
 @bp.get("/jobs/<job_id>/report")
 def get_report(job_id: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
-    if not (_out_dir(job) / REPORT).is_file():
+    folder = _out_dir(job)
+    if not (folder / REPORT).is_file():
         raise ApiError(404, "not_found", f"Job {job.id} has no report yet (status {job.status}).")
-    return send_from_directory(_out_dir(job), REPORT, mimetype="application/json")
+    return send_from_directory(folder, REPORT, mimetype="application/json")
 
 
 def _require_done(job: Job) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from common.db import db
+from common.pipeline.export import resolve_output
 
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "cancelling", "cancelled", "done", "failed")
 # A job in one of these states will never change again.
@@ -86,6 +88,10 @@ class Job(db.Model):
     candidates: Mapped[list[Candidate]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    def folder(self, data_root: Path) -> Path:
+        """The job's output folder, refused (OutputError) if it would resolve outside `data_root`."""
+        return resolve_output(data_root / self.out_dir, data_root)
 
     def record_task(self, queue: str) -> str:
         """A new task id, recorded before the task is sent (commit, then send): cancel revokes it."""

@@ -18,10 +18,8 @@ from sqlalchemy import select, update
 from common.config import Settings
 from common.db import db
 from common.models import FINAL_STATUSES, Job, log_entry
-
-__all__ = ["Job", "JobError", "Settings"]
 from common.pipeline import export
-from common.pipeline.export import OutputError, resolve_output
+from common.pipeline.export import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ def job_settings(job: Job) -> Settings:
 
 def output_dir(job: Job, settings: Settings) -> Path:
     try:
-        return resolve_output(settings.data_root / job.out_dir, settings.data_root)
+        return job.folder(settings.data_root)
     except OutputError as exc:
         raise JobError(str(exc)) from exc
 

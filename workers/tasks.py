@@ -10,7 +10,9 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from common.config import Settings
 from common.db import db
+from common.models import Job
 from common.pipeline.embed import ClipEmbedder, ModelLoadError
 from common.pipeline.progress import Cancelled
 from workers import broker, jobstate, stages
@@ -23,11 +25,11 @@ _embedders: dict[tuple[str, str, str | None], ClipEmbedder] = {}
 
 def embedder_for(job_id: str) -> ClipEmbedder:
     """The CLIP model, loaded once per worker process and kept for every later job."""
-    job = db.session.get(jobstate.Job, job_id)
+    job = db.session.get(Job, job_id)
     return _embedder(jobstate.job_settings(job) if job else jobstate.base_settings())
 
 
-def _embedder(settings: jobstate.Settings) -> ClipEmbedder:
+def _embedder(settings: Settings) -> ClipEmbedder:
     key = (settings.model, settings.device, settings.text_model)
     if key not in _embedders:
         _embedders[key] = ClipEmbedder(*key)
@@ -114,7 +116,7 @@ def select(job_id: str) -> None:
 @shared_task(name="workers.tasks.finish_cancel")
 def finish_cancel(job_id: str) -> None:
     """Backstop for a cancel whose tasks were all revoked before any of them ran."""
-    job = db.session.get(jobstate.Job, job_id)
+    job = db.session.get(Job, job_id)
     if job is not None and job.status == "cancelling":
         jobstate.stop_cancelled(job_id)
 
