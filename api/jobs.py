@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 import re
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,17 +14,20 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_from_
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from sqlalchemy import Integer, case, func, select
+from sqlalchemy.exc import IntegrityError
 from zipstream import ZIP_STORED, ZipStream
 
 from api import queue, signing
 from api.schemas import JobRequest
+from common import lifecycle
 from common.cli import slug
 from common.config import Settings
 from common.db import db
 from common.models import FINAL_STATUSES, JOB_STATUSES, Candidate, Job
-from common.pipeline import reasons
+from common.pipeline import export, reasons
 from common.pipeline.export import MANIFEST, REPORT, OutputError, resolve_output
 
+log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/api")
 IMAGE_NAME = re.compile(r"^img_\d{4,6}\.jpg$")
 ACTIVE = ("queued", "running", "cancelling")
@@ -48,7 +51,10 @@ def _api_error(exc: ApiError) -> ResponseReturnValue:
 def _json_body() -> dict[str, Any]:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the request body as JSON (Content-Type: application/json).")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # e.g. 5,000 nested '[': the parser gives up before it finds an error
+        raise ApiError(400, "bad_request", "The JSON body is nested too deeply; send a flat JSON object.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "The body must be a JSON object, e.g. {\"query\": \"cat\", \"limit\": 50}.")
     return body
@@ -109,7 +115,14 @@ def _submit(body: dict[str, Any]) -> ResponseReturnValue:
     db.session.add(job)
     task_id = job.record_task("cpu")
     job.append_log(f"queued: {spec.limit} images of {spec.query!r} from {spec.source} into {output}")
-    db.session.commit()  # the row exists before any worker can look for it
+    try:
+        db.session.commit()  # the row exists before any worker can look for it
+    except IntegrityError as exc:  # the partial unique index: a concurrent submission claimed the folder first
+        db.session.rollback()
+        if "ix_jobs_out_dir_active" not in str(exc.orig):
+            raise
+        raise ApiError(409, "conflict", f"Another job claimed the output folder {output!r} just now; "
+                       "pick another name.") from None
     try:
         queue.enqueue(task_id, "workers.tasks.search", "cpu", job_id)
     except Exception as exc:  # broker down: say so, and do not leave a job that never starts
@@ -124,6 +137,9 @@ def _check_output_free(output: str) -> None:
         out_dir = resolve_output(settings().data_root / output, settings().data_root)
     except OutputError as exc:
         raise ApiError(422, "validation_error", [{"field": "output", "message": str(exc)}]) from None
+    if (settings().data_root / output).is_symlink():
+        raise ApiError(409, "conflict", f"The output folder {output!r} is a symbolic link; the service never "
+                       "writes through one, so pick another name.")
     if (out_dir / MANIFEST).exists() or (out_dir.exists() and any(out_dir.iterdir())):
         raise ApiError(409, "conflict", f"The output folder {output!r} already holds files; pick another name.")
     busy = db.session.scalar(select(func.count()).where(Job.out_dir == output, Job.status.in_(ACTIVE)))
@@ -191,7 +207,8 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not low <= int(raw) <= high:
         raise ApiError(400, "bad_request", f"{name} must be a whole number from {low} to {high}.")
     return int(raw)
 
@@ -229,7 +246,10 @@ def _manifest_rows(job: Job) -> list[dict[str, Any]]:
 @bp.get("/jobs/<job_id>/images")
 def list_images(job_id: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
-    rows = _manifest_rows(job)
+    folder = _own_folder(job)
+    rows = export.manifest_rows(folder) if job.status == "done" else []
+    # Only rows naming an img_NNNN.jpg file of the folder: a row naming ../../etc/x is not listed.
+    rows = [r for r in rows if export.is_image(folder, r.get("file"))]
     images = [{"file": r["file"], "url": signing.link(f"/api/jobs/{job.id}/images/{r['file']}"), "manifest": r}
               for r in rows]
     return jsonify({"id": job.id, "count": len(images), "images": images})
@@ -240,8 +260,8 @@ def get_image(job_id: str, name: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
     if not IMAGE_NAME.fullmatch(name):
         raise ApiError(404, "not_found", f"No image {name!r}: image names look like img_0001.jpg.")
-    folder = _out_dir(job)
-    if job.status != "done" or not (folder / name).is_file():
+    folder = _own_folder(job)
+    if job.status != "done" or not export.is_image(folder, name):  # a regular file, never a symlink
         raise ApiError(404, "not_found", f"Job {job.id} has no image {name}.")
     return send_from_directory(folder, name, mimetype="image/jpeg", max_age=3600)
 
@@ -271,12 +291,13 @@ def _require_done(job: Job) -> None:
 def get_archive(job_id: str) -> ResponseReturnValue:
     """The dataset as a zip, streamed as it is read (JPEGs are stored, not recompressed)."""
     job = _job_or_404(job_id)
+    out_dir = _own_folder(job)
     _require_done(job)
-    out_dir = _out_dir(job)
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
-    for row in _manifest_rows(job):
-        archive.add_path(str(out_dir / row["file"]), f"{job.out_dir}/{row['file']}")
-    for name in (REPORT, MANIFEST):  # the manifest last, as on disk
+    # Whatever the manifest says, only the folder's own img_NNNN.jpg regular files go in.
+    names = [r["file"] for r in export.manifest_rows(out_dir) if export.is_image(out_dir, r.get("file"))]
+    names += [n for n in (REPORT, MANIFEST) if export.regular_file(out_dir / n)]  # the manifest last, as on disk
+    for name in dict.fromkeys(names):
         archive.add_path(str(out_dir / name), f"{job.out_dir}/{name}")
     headers = {"Content-Disposition": f'attachment; filename="{job.out_dir}.zip"', "Content-Length": str(len(archive))}
     return Response(archive, mimetype="application/zip", headers=headers)
@@ -284,33 +305,50 @@ def get_archive(job_id: str) -> ResponseReturnValue:
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str) -> ResponseReturnValue:
-    locked = db.session.get(Job, _job_or_404(job_id).id, with_for_update=True, populate_existing=True)
-    if locked is None:
-        raise ApiError(404, "not_found", f"No job {job_id}; it may have been deleted.")
-    job = locked
-    if job.status in FINAL_STATUSES:
+    job = _job_or_404(job_id)
+    cancelling = lifecycle.request_cancel(job.id)
+    if cancelling is None:
+        db.session.refresh(job)
         raise ApiError(409, "conflict", f"Job {job.id} is already {job.status}; nothing to cancel.")
-    job.cancel_requested, job.status = True, "cancelling"
-    job.append_log("cancel requested")
-    sent = list(job.task_ids or [])
-    finisher = job.record_task("cpu")
-    db.session.commit()
-    queue.revoke(sent)
-    queue.enqueue(finisher, "workers.tasks.finish_cancel", "cpu", job.id, countdown=queue.CANCEL_GRACE_S)
+    job, sent, finisher = cancelling
+    try:
+        queue.revoke(sent)
+        queue.enqueue(finisher, "workers.tasks.finish_cancel", "cpu", job.id, countdown=queue.CANCEL_GRACE_S)
+    except Exception:  # Redis away: the flag stops every task that runs, and the sweep ends the cancel
+        log.warning("job %s: cancel flag set, but its tasks could not be revoked now", job.id, exc_info=True)
     return jsonify(job_out(job, _progress([job.id])[job.id])), 202
 
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> ResponseReturnValue:
-    """Delete the history row and the job's dataset folder; refused while the job runs."""
+    """Delete the history row and what the job wrote, only while the folder's marker names the job
+    (another job may have reused the name); a user's own files and the folder they are in stay."""
     job = _job_or_404(job_id)
     if job.status not in FINAL_STATUSES:
         raise ApiError(409, "conflict", f"Job {job.id} is {job.status}; cancel it first, then delete it.")
-    out_dir = _out_dir(job)
+    try:
+        export.remove_dataset(_own_folder(job), job.id)
+    except OutputError:  # a symlinked marker or .staging: nothing is deleted through it
+        raise ApiError(409, "conflict", f"Job {job.id} was not deleted: its folder holds a symbolic link "
+                       "(.staging or .cvdb-owner), and the service never deletes through one.") from None
+    except OSError as exc:
+        raise ApiError(409, "conflict", f"Job {job.id} was not deleted: its files could not all be removed "
+                       f"({exc.strerror}); try again.") from None
     db.session.delete(job)
     db.session.commit()
-    shutil.rmtree(out_dir, ignore_errors=True)
     return Response(status=204)
+
+
+def _own_folder(job: Job) -> Path:
+    """The job's folder by its own name: inside the data folder and not a symlink, or 409."""
+    try:
+        _out_dir(job)  # wherever the name leads, it must stay inside the data folder
+        folder = settings().data_root.expanduser().resolve() / job.out_dir
+        export.refuse_link(folder)
+    except OutputError:
+        raise ApiError(409, "conflict", f"Job {job.id}'s folder {job.out_dir!r} is a symbolic link or lies outside "
+                       "the data folder; the service neither serves nor deletes anything through it.") from None
+    return folder
 
 
 @bp.post("/jobs/clear")

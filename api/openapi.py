@@ -46,11 +46,17 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[
     ("get", "/api/reasons", "What each drop reason code means", None, ("200", schemas.ReasonList), [], ()),
     ("get", "/healthz", "Postgres and Redis reachability", None, ("200", schemas.Health), [], ("503",)),
 ]
-_ERROR_TEXT = {"400": "Bad query parameter.", "401": "Missing or wrong bearer token.", "404": ERRORS["404"],
+# Any route: a Host not in CVDB_ALLOWED_HOSTS (400), the database unreachable (503); any write: a
+# request from another web site (403).
+EVERY_ROUTE = ("400", "503")
+WRITES = ("403",)
+_ERROR_TEXT = {"400": "Bad query parameter or body, or a Host header not in CVDB_ALLOWED_HOSTS.",
+               "401": "Missing or wrong bearer token, or an invalid or expired signed link.",
+               "403": "A state-changing request sent by a page on another web site.", "404": ERRORS["404"],
                "409": ERRORS["409"], "413": "Body over 16 KiB.", "415": "Body is not JSON.",
                "422": "A field is missing, of the wrong type or out of bounds.",
                "429": "Too many jobs queued or running; submit again later.",
-               "503": "A backing service is unreachable."}
+               "503": "The database or the job queue is unreachable; retry shortly."}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -67,9 +73,10 @@ def _content(body: Any) -> dict[str, Any]:
 
 
 def _operation(route: tuple[Any, ...], secured: bool) -> dict[str, Any]:
-    _, _, summary, request_model, (status, body), parameters, errors = route
+    method, _, summary, request_model, (status, body), parameters, errors = route
     responses = {status: {"description": summary, **_content(body)}}
-    for code in (*errors, *(("401",) if secured else ())):
+    common = (*EVERY_ROUTE, *(WRITES if method in ("post", "put", "patch", "delete") else ()))
+    for code in sorted({*errors, *common, *(("401",) if secured else ())}):
         responses[code] = {"description": _ERROR_TEXT[code], **_content(schemas.ErrorOut)}
     operation: dict[str, Any] = {"summary": summary, "parameters": parameters, "responses": responses}
     if request_model is not None:

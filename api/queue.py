@@ -12,8 +12,13 @@ def celery() -> Celery:
     return current_app.extensions["celery"]
 
 
+# A request does not wait for Redis to come back: a few quick tries, then the caller answers 503.
+QUICK_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
 def enqueue(task_id: str, name: str, queue: str, *args: object, countdown: float | None = None) -> None:
-    celery().send_task(name, args=list(args), task_id=task_id, queue=queue, countdown=countdown)
+    celery().send_task(name, args=list(args), task_id=task_id, queue=queue, countdown=countdown,
+                       retry=True, retry_policy=QUICK_RETRY)
 
 
 def revoke(tasks: list[dict[str, str]]) -> None:

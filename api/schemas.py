@@ -54,7 +54,7 @@ class JobRequest(BaseModel):
     @classmethod
     def _http(cls, value: list[str] | None) -> list[str] | None:
         for url in value or []:
-            if len(url) > 2000 or not re.match(r"^https?://[^\s]+$", url):
+            if len(url) > 2000 or not re.fullmatch(r"https?://[^\s]+", url) or _CONTROL.search(url):
                 raise ValueError(f"not an http(s) URL: {url[:80]!r}")
         return value
 

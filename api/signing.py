@@ -17,6 +17,10 @@ from flask import current_app
 
 SIGNABLE = re.compile(r"^/api/jobs/[0-9a-f-]{36}/(images/img_\d{4,6}\.jpg|archive|manifest)$")
 LINK_TTL_S = 3600
+# What link() writes, in ASCII only: str.isdigit() and int() also take '²' or '٣', and int()
+# refuses more than 4300 digits; compare_digest refuses non-ASCII str.
+EXPIRES = re.compile(r"[0-9]{1,12}")
+SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 def configured_tokens() -> list[str]:
@@ -37,9 +41,16 @@ def link(path: str, ttl_s: int = LINK_TTL_S) -> str:
     return f"{path}?exp={expires}&sig={_signature(path, expires, tokens)}"
 
 
+def carries_signature(args: Mapping[str, str]) -> bool:
+    """The request looks like a signed link (valid or not)."""
+    return "exp" in args or "sig" in args
+
+
 def valid(path: str, args: Mapping[str, str], tokens: Sequence[str]) -> bool:
-    """True for an unexpired, untampered signed link to this very path."""
+    """True for an unexpired, untampered signed link to this very path; malformed ones are just invalid."""
     expires, given = args.get("exp", ""), args.get("sig", "")
-    if not SIGNABLE.match(path) or not expires.isdigit() or int(expires) < time.time() or not given:
+    if not SIGNABLE.match(path) or not EXPIRES.fullmatch(expires) or not SIGNATURE.fullmatch(given):
         return False
-    return hmac.compare_digest(given, _signature(path, int(expires), tokens))
+    if int(expires) < time.time():
+        return False
+    return hmac.compare_digest(given.encode(), _signature(path, int(expires), tokens).encode())

@@ -12,7 +12,8 @@ SelectMode = Literal["query", "largest"]
 
 
 # Secrets and deployment addresses never go into a dataset's report.json.
-_NOT_IN_REPORTS = {"naver_client_id", "naver_client_secret", "database_url", "redis_url", "api_tokens"}
+_NOT_IN_REPORTS = {"naver_client_id", "naver_client_secret", "database_url", "redis_url", "api_tokens",
+                   "allowed_hosts"}
 
 
 class Settings(BaseSettings):
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
     # Decode limits, applied from the header before any pixel is decoded.
     max_pixels: int = Field(40_000_000, ge=1)
     max_side: int = Field(12_000, ge=1)
+    # Scans a JPEG may have (real progressive files have ~10): each is a pass over every block.
+    max_jpeg_scans: int = Field(100, ge=1)
+    # One image's decode and checks run in a decode worker process, killed past this budget.
+    decode_timeout_s: float = Field(10.0, gt=0)
 
     # Quality checks (each drops an image below/above its threshold).
     min_side: int = Field(300, ge=1)
@@ -104,6 +109,9 @@ class Settings(BaseSettings):
     max_active_jobs: int = Field(50, ge=1)
     # Bearer tokens the API accepts, comma separated; none means the API is open.
     api_tokens: str = ""
+    # Host names the API answers to (a guard against DNS rebinding), comma separated, ports ignored;
+    # `*` allows any. Empty: these defaults; `cvdb serve` adds the address it binds.
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
     # The sweep (every sweep_every_s) re-sends the current step of a running job that has shown
     # no progress for stall_resend_s (its task was lost with a worker), and fails the job after
     # stall_timeout_s without progress.
@@ -112,6 +120,12 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(900.0, gt=0)
     # How often a fetch chunk may be started before its URLs are given up (a crashing image).
     max_chunk_attempts: int = Field(3, ge=1, le=20)
+    # A task whose database or broker goes away (a restart) retries for this long before it fails.
+    db_retry_s: float = Field(90.0, ge=0)
+    publish_retry_s: float = Field(90.0, ge=0)
+    # An embed or select step that runs longer is stopped (its pool process killed if it must be)
+    # and the sweep sends it again; a step that keeps hanging fails the job at stall_timeout_s.
+    gpu_task_time_limit_s: float = Field(900.0, gt=0)
 
     def thresholds(self) -> dict[str, object]:
         """Everything that decides what is kept, for report.json (no secrets, no service addresses)."""

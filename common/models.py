@@ -13,20 +13,22 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from common.db import db
+from common.lifecycle import FINAL, JobStatus
 from common.pipeline.export import resolve_output
 
-JOB_STATUSES: tuple[str, ...] = ("queued", "running", "cancelling", "cancelled", "done", "failed")
-# A job in one of these states will never change again.
-FINAL_STATUSES: frozenset[str] = frozenset({"cancelled", "done", "failed"})
+JOB_STATUSES: tuple[str, ...] = tuple(status.value for status in JobStatus)
+FINAL_STATUSES: frozenset[str] = frozenset(status.value for status in FINAL)
 CANDIDATE_STATUSES: tuple[str, ...] = ("pending", "kept", "dropped")
 
 
@@ -52,7 +54,12 @@ class Job(db.Model):
     """One dataset request and its progress through search, fetch, embed and select."""
 
     __tablename__ = "jobs"
-    __table_args__ = (CheckConstraint(_in("status", JOB_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+        # A folder belongs to one unfinished job: concurrent submissions naming it race on this index.
+        Index("ix_jobs_out_dir_active", "out_dir", unique=True, postgresql_where=text(
+            _in("status", tuple(s for s in JOB_STATUSES if s not in FINAL_STATUSES)))),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_new_id)
     query: Mapped[str] = mapped_column(String(200))

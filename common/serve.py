@@ -1,8 +1,9 @@
 """`cvdb serve`: the service's processes on one machine, without Docker (the compose topology).
 
 Runs the migration once, then the API, N CPU workers, the GPU worker, beat and Flower, each
-in its own process group with its output prefixed by its name. Ctrl-C or SIGTERM stops them
-all: SIGTERM first (Celery finishes or requeues its tasks), SIGKILL after a grace period.
+in its own process group with its output prefixed by its name; a process that dies is started
+again. Ctrl-C or SIGTERM stops them all: SIGTERM first (Celery finishes or requeues its tasks),
+SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -26,6 +27,7 @@ from common import topology
 from common.config import Settings
 
 STOP_GRACE_S = 20.0
+RESTART_PAUSE_S, MAX_RESTART_PAUSE_S, STEADY_S = 1.0, 30.0, 60.0
 COLOURS = ("36", "33", "35", "32", "34", "31")
 
 
@@ -37,12 +39,22 @@ class ServeError(Exception):
 class Process:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the launcher's own environment
+
+
+def api_environment(bind: str) -> dict[str, str]:
+    """The API answers to the address it binds as well as to localhost (`--host 192.168.1.5` is
+    reached as http://192.168.1.5:8000/), unless CVDB_ALLOWED_HOSTS says otherwise."""
+    host = bind.rpartition(":")[0].strip("[]")
+    if os.environ.get("CVDB_ALLOWED_HOSTS", "").strip() or not host:
+        return {}
+    return {"CVDB_ALLOWED_HOSTS": f"{Settings.model_fields['allowed_hosts'].default},{host}"}
 
 
 def plan(cpu_workers: int, concurrency: int, bind: str, flower: bool, beat: bool,
          flower_port: int = topology.FLOWER_PORT) -> list[Process]:
     """The same processes as compose.yaml; node names are numbered as replicas share one host here."""
-    processes = [Process("api", topology.api(bind))]
+    processes = [Process("api", topology.api(bind), api_environment(bind))]
     processes += [Process(f"cpu-{i}", topology.cpu_worker(f"cpu-{i}", concurrency)) for i in range(1, cpu_workers + 1)]
     processes.append(Process("gpu", topology.gpu_worker()))
     if beat:
@@ -113,32 +125,50 @@ def _pump(process: subprocess.Popen[str], label: str, out: TextIO, lock: threadi
             out.flush()
 
 
+def _spawn(process: Process, label: str, out: TextIO, lock: threading.Lock) -> subprocess.Popen[str]:
+    child = subprocess.Popen(resolve(process.argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True, bufsize=1, env=os.environ.copy())
+    threading.Thread(target=_pump, args=(child, label, out, lock), daemon=True).start()
+    return child
+
+
 def run(processes: list[Process], out: TextIO = sys.stdout) -> int:
-    """Start everything; return when one process dies or we are told to stop; stop the rest."""
-    lock, running = threading.Lock(), []
+    """Start everything and keep it running until we are told to stop, then stop it all.
+
+    A process that dies (a worker killed, beat losing Redis) is started again, after a pause
+    that doubles while it keeps dying (1 s up to 30 s), as compose's restart policy does."""
+    lock = threading.Lock()
     width = max(len(p.name) for p in processes)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    for index, process in enumerate(processes):
-        child = subprocess.Popen(resolve(process.argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 start_new_session=True, bufsize=1, env=os.environ.copy())
-        label = process.name.ljust(width)
-        if out.isatty():
-            label = f"\033[{COLOURS[index % len(COLOURS)]}m{label}\033[0m"
-        threading.Thread(target=_pump, args=(child, label, out, lock), daemon=True).start()
-        running.append((process, child))
-    code = 0
+    labels = {p.name: p.name.ljust(width) for p in processes}
+    if out.isatty():
+        labels = {name: f"\033[{COLOURS[i % len(COLOURS)]}m{label}\033[0m"
+                  for i, (name, label) in enumerate(labels.items())}
+    running = {p.name: _spawn(p, labels[p.name], out, lock) for p in processes}
+    started = {p.name: time.monotonic() for p in processes}
+    pause = {p.name: RESTART_PAUSE_S for p in processes}
+    restart_at: dict[str, float] = {}
     while not stop.is_set():
-        dead = [(p, c) for p, c in running if c.poll() is not None]
-        if dead:
-            process, child = dead[0]
-            out.write(f"{process.name} exited with code {child.returncode}; stopping the others\n")
-            code = child.returncode or 1
-            break
+        for process in processes:
+            child = running[process.name]
+            if child.poll() is None:
+                continue
+            if process.name not in restart_at:
+                if time.monotonic() - started[process.name] > STEADY_S:  # it had been running well
+                    pause[process.name] = RESTART_PAUSE_S
+                with lock:
+                    out.write(f"{process.name} exited with code {child.returncode}; "
+                              f"starting it again in {pause[process.name]:.0f} s\n")
+                restart_at[process.name] = time.monotonic() + pause[process.name]
+                pause[process.name] = min(pause[process.name] * 2, MAX_RESTART_PAUSE_S)
+            elif time.monotonic() >= restart_at.pop(process.name):
+                running[process.name] = _spawn(process, labels[process.name], out, lock)
+                started[process.name] = time.monotonic()
         stop.wait(0.5)
-    shutdown([c for _, c in running])
-    return code
+    shutdown(list(running.values()))
+    return 0
 
 
 def shutdown(children: list[subprocess.Popen[str]], grace_s: float = STOP_GRACE_S) -> None:

@@ -26,8 +26,9 @@ def cpu_worker(node: str = "cpu", concurrency: int = CPU_CONCURRENCY) -> list[st
 
 
 def gpu_worker(node: str = "gpu") -> list[str]:
-    """Embedding and selection: one process (CUDA does not survive fork), the model loaded once."""
-    return ["celery", "-A", "workers.app", "worker", "-Q", "gpu", "-P", "solo",
+    """Embedding and selection: a pool of one process that loads the model once (CUDA is first
+    touched there, after the fork); the parent can stop a hung step and replace a dead process."""
+    return ["celery", "-A", "workers.app", "worker", "-Q", "gpu", "-P", "prefork", "-c", "1",
             "--prefetch-multiplier", "1", "-n", f"{node}@%h", "-E", "--loglevel", "INFO"]
 
 

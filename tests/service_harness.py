@@ -87,14 +87,18 @@ def free_redis_db() -> str:
 class Service:
     """`cvdb serve` with N CPU workers, the GPU worker, beat and Flower, stopped by `stop()`."""
 
-    def __init__(self, root: Path, settings: dict[str, object], cpu_workers: int = 2) -> None:
+    def __init__(self, root: Path, settings: dict[str, object], cpu_workers: int = 2,
+                 database_url: str | None = None, redis_url: str | None = None) -> None:
+        """`database_url`/`redis_url`: servers of the test's own (fault tests restart them);
+        by default a new database on the shared server and a free db number of the shared Redis."""
         self.root, self.cpu_workers = root, cpu_workers
         self.data_root = root / "data"
         self.port, self.flower_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.flower_auth = ("admin", uuid.uuid4().hex[:12])
-        self.database_url = create_database()
-        self.redis_url = free_redis_db()
+        self.own_servers = database_url is not None
+        self.database_url = database_url or create_database()
+        self.redis_url = redis_url or free_redis_db()
         values = {**settings, "data_root": self.data_root, "database_url": self.database_url,
                   "redis_url": self.redis_url}
         self.env = {**os.environ, **{f"CVDB_{k.upper()}": str(v) for k, v in values.items()},
@@ -145,8 +149,9 @@ class Service:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.celery.close()
-        redis.Redis.from_url(self.redis_url).flushdb()
-        drop_database(self.database_url)
+        if not self.own_servers:
+            redis.Redis.from_url(self.redis_url).flushdb()
+            drop_database(self.database_url)
 
     # -- the API ------------------------------------------------------------------------------
 

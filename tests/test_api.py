@@ -175,6 +175,8 @@ def test_cancel_and_delete_follow_the_job_state(client: FlaskClient, app: Flask,
     folder = backing[0] / "data" / "finished-set"
     folder.mkdir(parents=True)
     (folder / "img_0001.jpg").write_bytes(b"jpeg")
+    (folder / "manifest.jsonl").write_text('{"file": "img_0001.jpg"}\n')
+    (folder / ".cvdb-owner").write_text(f"{done}\n")  # what the job's search step writes
     assert client.delete(f"/api/jobs/{done}").status_code == 204
     assert not folder.exists()
     assert_error(client.get(f"/api/jobs/{done}"), 404)

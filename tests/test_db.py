@@ -181,7 +181,7 @@ def test_status_check_constraint_rejects_unknown_status(session: scoped_session[
 
 
 def test_candidate_url_is_unique_per_job(session: scoped_session[Session]) -> None:
-    first, second = _job(), _job()
+    first, second = _job(), _job(out_dir="cats")  # one unfinished job per folder
     url = "https://img.example/same.jpg"
     first.candidates = [Candidate(url=url, rank=0, source="naver")]
     second.candidates = [Candidate(url=url, rank=0, source="naver")]  # another job: allowed

@@ -35,11 +35,11 @@ def test_output_inside_the_data_folder_resolves(tmp_path: Path, monkeypatch: pyt
 def test_an_existing_dataset_is_not_overwritten_without_asking(tmp_path: Path) -> None:
     out = tmp_path / "set"
     out.mkdir()
-    (out / export.MANIFEST).write_text("{}\n")
+    (out / export.MANIFEST).write_text('{"file": "img_0001.jpg"}\n')
     (out / "img_0001.jpg").write_bytes(b"old")
     with pytest.raises(export.OutputError, match="--overwrite"):
-        export.prepare_output(out, overwrite=False)
-    export.prepare_output(out, overwrite=True)
+        export.prepare_output(out, overwrite=False, owner=export.LOCAL_OWNER)
+    export.prepare_output(out, overwrite=True, owner=export.LOCAL_OWNER)
     assert not (out / export.MANIFEST).exists() and not (out / "img_0001.jpg").exists()
 
 
@@ -48,13 +48,13 @@ def test_foreign_files_are_never_deleted(tmp_path: Path) -> None:
     out.mkdir()
     (out / "thesis.docx").write_text("precious")
     with pytest.raises(export.OutputError, match="did not write"):
-        export.prepare_output(out, overwrite=True)
+        export.prepare_output(out, overwrite=True, owner=export.LOCAL_OWNER)
     assert (out / "thesis.docx").read_text() == "precious"
 
 
 def test_dataset_is_written_with_the_manifest_last(tmp_path: Path) -> None:
     out = tmp_path / "set"
-    export.prepare_output(out, overwrite=False)
+    export.prepare_output(out, overwrite=False, owner=export.LOCAL_OWNER)
     staged = []
     for i in range(2):
         path = tmp_path / f"s{i}.jpg"
@@ -63,7 +63,7 @@ def test_dataset_is_written_with_the_manifest_last(tmp_path: Path) -> None:
     rows = [{"file": export.file_name(i + 1), "query": "q"} for i in range(2)]
     export.write_dataset(out, staged, rows, {"status": "done"})
     names = sorted(os.listdir(out))
-    assert names == ["img_0001.jpg", "img_0002.jpg", "manifest.jsonl", "report.json"]
+    assert names == [export.OWNER, "img_0001.jpg", "img_0002.jpg", "manifest.jsonl", "report.json"]
     assert [json.loads(line)["file"] for line in (out / export.MANIFEST).read_text().splitlines()] == ["img_0001.jpg", "img_0002.jpg"]
     manifest_time = (out / export.MANIFEST).stat().st_mtime_ns
     assert all((out / n).stat().st_mtime_ns <= manifest_time for n in names)

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import flask_migrate
 import pytest
 from flask import Flask
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from api import create_app
+from common import lifecycle
 from common.config import Settings
 from common.db import db
+from common.lifecycle import Stage
 from common.models import Candidate, Job
 from service_harness import create_database, drop_database
 from workers import jobstate, stages
@@ -63,11 +66,11 @@ def reload(job_id: str) -> Job:
 def test_fan_in_moves_to_embed_once_when_the_last_chunk_is_done(app: Flask) -> None:
     job_id = make_job()
     mark_fetched(job_id, 0)
-    assert stages._fan_in(job_id) is False
+    assert stages.fan_in(job_id) is False
     assert reload(job_id).fetch_chunks_done == 1
     mark_fetched(job_id, 1)
-    assert stages._fan_in(job_id) is True
-    assert stages._fan_in(job_id) is False  # a redelivered last chunk starts nothing again
+    assert stages.fan_in(job_id) is True
+    assert stages.fan_in(job_id) is False  # a redelivered last chunk starts nothing again
     job = reload(job_id)
     assert job.stage == "embed" and job.fetch_chunks_done == 2
     assert job.log.count("all chunks fetched") == 1
@@ -80,7 +83,7 @@ def test_a_chunk_that_keeps_killing_workers_is_given_up(app: Flask) -> None:
     assert stages._count_attempt(job_id, 0) is False
     rows = db.session.query(Candidate).filter_by(job_id=job_id).all()
     assert {(r.status, r.reason, r.fetched) for r in rows} == {("dropped", "worker_lost", True)}
-    assert stages._fan_in(job_id) is True
+    assert stages.fan_in(job_id) is True
 
 
 def test_a_task_stops_at_the_cancel_flag_and_the_job_ends_cancelled(app: Flask) -> None:
@@ -160,3 +163,50 @@ def test_a_search_that_finds_nothing_fails_the_job_with_a_reason(app: Flask) -> 
     db.session.commit()
     with pytest.raises(jobstate.JobError, match="contains no URLs"):
         stages.run_search(job.id)
+
+
+def test_a_queued_job_whose_message_was_lost_is_resent_by_the_sweep(app: Flask) -> None:
+    lost = make_job(stage=None, status="queued", task_ids=[{"id": "lost-task", "queue": "cpu"}])
+    waiting = make_job(stage=None, status="queued", task_ids=[{"id": "waiting-task", "queue": "cpu"}])
+    for job_id in (lost, waiting):
+        job = reload(job_id)
+        job.heartbeat_at, job.created_at = None, jobstate.now() - dt.timedelta(minutes=10)
+        db.session.commit()
+    assert [j.id for j in jobstate.stalled(60, {"waiting-task"})] == [lost]
+    assert jobstate.stalled(60, {"waiting-task"}) == []  # once per period
+    assert reload(lost).status == "queued"  # the re-sent search starts it, nothing else changes
+
+
+def test_lifecycle_moves_a_job_once_and_never_out_of_a_final_status(app: Flask) -> None:
+    job_id = make_job(stage="embed")
+    assert lifecycle.advance(job_id, Stage.EMBED, Stage.SELECT, "to select") is True
+    assert lifecycle.advance(job_id, Stage.EMBED, Stage.SELECT, "again") is False  # a redelivered step
+    assert lifecycle.finish(job_id, None, {"count": 3}, "out") is not None
+    assert lifecycle.fail(job_id, "late failure") is None and lifecycle.cancel(job_id) is None
+    job = reload(job_id)
+    assert (job.status, job.stage, job.count, job.error) == ("done", "done", 3, None)
+    assert job.log.count("to select") == 1 and "late failure" not in job.log
+
+
+def test_a_unit_of_work_is_retried_whole_while_the_database_is_away(app: Flask) -> None:
+    calls: list[int] = []
+
+    def work() -> str:
+        calls.append(1)
+        if len(calls) < 3:  # the first two runs meet a server that is restarting
+            raise OperationalError("SELECT 1", {}, Exception("the database system is starting up"))
+        return "done"
+
+    assert lifecycle.with_db_retry(work, "test", budget_s=30) == "done" and len(calls) == 3
+    def raises(exc: Exception) -> Callable[[], None]:
+        def run() -> None:
+            calls.append(1)
+            raise exc
+        return run
+
+    calls.clear()
+    with pytest.raises(OperationalError):  # past its budget the error goes to the caller
+        lifecycle.with_db_retry(raises(OperationalError("x", {}, Exception("down"))), "test", budget_s=0)
+    with pytest.raises(IntegrityError):  # not transient: never retried
+        lifecycle.with_db_retry(raises(IntegrityError("x", {}, Exception("dup"))), "test", budget_s=30)
+    assert len(calls) == 2

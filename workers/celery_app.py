@@ -19,7 +19,16 @@ ROUTES = {
 VISIBILITY_TIMEOUT_S = 4 * 3600
 
 
+def publish_retry_policy(budget_s: float) -> dict[str, float]:
+    """Retry sending a task while Redis is away (a restart) for about `budget_s`."""
+    step_s, max_s = 1.0, 5.0
+    # Waits 0, 1, 2 ... 5, 5, 5 s: enough tries to cover the budget.
+    retries = int(budget_s // max_s) + int(max_s / step_s) + 1
+    return {"max_retries": retries, "interval_start": 0, "interval_step": step_s, "interval_max": max_s}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
+    gpu_limit = settings.gpu_task_time_limit_s
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,
@@ -32,12 +41,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Long tasks: take one at a time and acknowledge after the work, so a crash redelivers it.
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A task that loses Redis keeps working (its state is in Postgres) and publishes its next
+        # step when Redis is back; a broker that restarted empty has no message to redeliver.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": publish_retry_policy(settings.publish_retry_s),
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_soft_time_limit": 15 * 60,
         "task_time_limit": 20 * 60,
+        # The GPU worker is a pool of one process, so a hung embed can be interrupted, then killed.
+        "task_annotations": {name: {"soft_time_limit": gpu_limit, "time_limit": gpu_limit + max(5.0, gpu_limit / 10)}
+                             for name in ("workers.tasks.embed", "workers.tasks.select")},
         "worker_max_tasks_per_child": 200,
+        # A GPU pool process loads the model before it reports ready; give it time to.
+        "worker_proc_alive_timeout": 300,
         "beat_schedule": {"sweep": {"task": "workers.tasks.sweep", "schedule": settings.sweep_every_s}},
         # Natively the schedule file lives beside the datasets, not in whatever folder beat starts in.
         "beat_schedule_filename": str(settings.data_root / ".celerybeat-schedule"),

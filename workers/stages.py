@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Select, select
 
+from common import lifecycle
 from common.db import db
+from common.lifecycle import Stage
 from common.models import Candidate as CandidateRow
 from common.models import Job
 from common.pipeline import export, staging
@@ -66,20 +68,20 @@ def _find(job: Job) -> SearchResult:
 
 def run_search(job_id: str) -> list[int]:
     """Find candidates, store one row per URL in chunks; returns the chunks to fetch."""
-    job = jobstate.active(job_id)
+    if jobstate.active(job_id) is None:
+        return []
+    job = lifecycle.start(job_id)
     if job is None:
         return []
-    if job.stage == "fetch":  # redelivered after the rows were stored: resend what is left
+    if job.stage == Stage.FETCH:  # redelivered after the rows were stored: resend what is left
         return unfetched_chunks(job_id)
-    if job.stage not in (None, "search"):
+    if job.stage != Stage.SEARCH:
         return []
-    job.status, job.stage, job.started_at, job.heartbeat_at = "running", "search", jobstate.now(), jobstate.now()
-    db.session.commit()
     settings = job_settings(job)
     jobstate.log_line(job_id, f"searching {job.source} for {job.query!r}")
     db.session.commit()
     try:
-        export.prepare_output(jobstate.output_dir(job, settings), overwrite=False)
+        export.prepare_output(jobstate.output_dir(job, settings), overwrite=False, owner=job.id)
         found = _find(job)
     except (SourceError, export.OutputError) as exc:
         raise JobError(str(exc)) from exc
@@ -94,7 +96,7 @@ _ROW_FIELDS = ("url", "source", "rank")
 
 def _store_candidates(job_id: str, found: SearchResult, chunk_size: int) -> list[int]:
     job = jobstate.locked(job_id)
-    if job is None or job.stage != "search":
+    if job is None or job.stage != Stage.SEARCH:
         db.session.rollback()
         return []
     unique = list({c.url: c for c in found.candidates}.values())
@@ -103,7 +105,7 @@ def _store_candidates(job_id: str, found: SearchResult, chunk_size: int) -> list
         db.session.add(CandidateRow(job_id=job_id, url=c.url, rank=c.rank, source=c.source, meta=meta,
                                     chunk=index // chunk_size))
     chunks = list(range((len(unique) + chunk_size - 1) // chunk_size))
-    job.stage, job.fetch_chunks_total = "fetch", len(chunks)
+    job.stage, job.fetch_chunks_total = Stage.FETCH, len(chunks)
     job.options = {**(job.options or {}), "source_info": {"served_by": found.served_by, "attempts": found.attempts}}
     db.session.commit()
     jobstate.log_line(job_id, f"{len(unique)} candidates from {found.served_by}; fetching in {len(chunks)} chunks")
@@ -126,11 +128,17 @@ def _preparer(model: str) -> ImagePreparer:
     return _preparers[model]
 
 
+def start_fetch_chunk(job_id: str, chunk: int) -> bool:
+    """Count one start of this chunk (a delivery of its task); False when it should not run."""
+    job = jobstate.active(job_id)
+    return job is not None and job.stage == Stage.FETCH and _count_attempt(job_id, chunk)
+
+
 def run_fetch_chunk(job_id: str, chunk: int, worker: str = "") -> bool:
     """Download, check and stage one chunk's URLs; True when this chunk completed the fetch."""
     job = jobstate.active(job_id)
-    if job is None or job.stage != "fetch" or not _count_attempt(job_id, chunk):
-        return _fan_in(job_id) if job is not None else False
+    if job is None or job.stage != Stage.FETCH:
+        return fan_in(job_id) if job is not None else False
     settings = job_settings(job)
     folder = jobstate.staging_dir(job, settings)
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +151,7 @@ def run_fetch_chunk(job_id: str, chunk: int, worker: str = "") -> bool:
         db.session.commit()
     jobstate.log_line(job_id, f"chunk {chunk}: {accepted} of {len(rows)} URLs accepted (worker {worker or '?'})")
     db.session.commit()
-    return _fan_in(job_id)
+    return fan_in(job_id)
 
 
 def _chunk_rows(job_id: str, chunk: int) -> Select[CandidateRow]:
@@ -182,7 +190,7 @@ def _record(row: CandidateRow, item: StagedImage | Rejected) -> bool:
     return True
 
 
-def _fan_in(job_id: str) -> bool:
+def fan_in(job_id: str) -> bool:
     """The chunk that leaves no URL unfetched moves the job to embed, exactly once."""
     job = jobstate.locked(job_id)
     if job is None:
@@ -190,14 +198,8 @@ def _fan_in(job_id: str) -> bool:
         return False
     left = unfetched_chunks(job_id)
     job.fetch_chunks_done = job.fetch_chunks_total - len(left)
-    advance = not left and job.stage == "fetch" and job.status == "running"
-    if advance:
-        job.stage = "embed"
     db.session.commit()
-    if advance:
-        jobstate.log_line(job_id, "all chunks fetched; embedding")
-        db.session.commit()
-    return advance
+    return not left and lifecycle.advance(job_id, Stage.FETCH, Stage.EMBED, "all chunks fetched; embedding")
 
 
 def _staged_rows(job_id: str) -> list[CandidateRow]:
@@ -209,8 +211,8 @@ def _staged_rows(job_id: str) -> list[CandidateRow]:
 def run_embed(job_id: str, embedder: ClipEmbedder) -> bool:
     """Embed every staged image not yet embedded, in batches; True when select should run."""
     job = jobstate.active(job_id)
-    if job is None or job.stage != "embed":
-        return job is not None and job.stage == "select"
+    if job is None or job.stage != Stage.EMBED:
+        return job is not None and job.stage == Stage.SELECT
     settings = job_settings(job)
     folder = jobstate.staging_dir(job, settings)
     todo = list(dict.fromkeys(r.sha256 for r in _staged_rows(job_id) if r.sha256))
@@ -226,23 +228,16 @@ def run_embed(job_id: str, embedder: ClipEmbedder) -> bool:
             staging.save_vector(folder, sha, vector)
         jobstate.heartbeat(job_id)
         db.session.commit()
-    locked = jobstate.locked(job_id)
-    advance = locked is not None and locked.stage == "embed" and locked.status == "running"
-    if locked is not None and advance:
-        locked.stage = "select"
-    db.session.commit()
-    if advance:
-        seconds = time.perf_counter() - started
-        jobstate.log_line(job_id, f"embedded {len(todo)} images in {seconds:.1f} s (batches of {size}, "
-                                  f"{embedder.describe()['device']}); removing copies, clustering, saving")
-        db.session.commit()
-    return advance
+    seconds = time.perf_counter() - started
+    return lifecycle.advance(job_id, Stage.EMBED, Stage.SELECT,
+                             f"embedded {len(todo)} images in {seconds:.1f} s (batches of {size}, "
+                             f"{embedder.describe()['device']}); removing copies, clustering, saving")
 
 
 def run_select(job_id: str, embedder: ClipEmbedder) -> None:
     """Duplicates, clustering, selection and export, exactly as `cvdb build` does them."""
     job = jobstate.active(job_id)
-    if job is None or job.stage != "select":
+    if job is None or job.stage != Stage.SELECT:
         return
     settings = job_settings(job)
     out_dir = jobstate.output_dir(job, settings)
@@ -252,7 +247,7 @@ def run_select(job_id: str, embedder: ClipEmbedder) -> None:
         report = json.loads((out_dir / export.REPORT).read_text(encoding="utf-8"))
         outcomes = [Outcome(o["url"], o.get("status", "dropped"), o.get("reason"), o.get("detail"), o.get("sha256"),
                             o.get("extra", {})) for o in report["outcomes"]]
-        _store_outcomes(job_id, rows, outcomes, report, None)
+        _store_outcomes(job_id, rows, outcomes, report, None, job.out_dir)
         return
     collected = _collected(rows, out_dir / export.STAGING, embedder.dim)
     candidates = [Candidate(url=r.url, source=r.source, rank=r.rank, **_meta(r)) for r in rows]
@@ -265,7 +260,7 @@ def run_select(job_id: str, embedder: ClipEmbedder) -> None:
         report, error = exc.report, str(exc)
     finally:
         export.remove_staging(out_dir)
-    _store_outcomes(job_id, rows, collected.outcomes.values(), report, error)
+    _store_outcomes(job_id, rows, collected.outcomes.values(), report, error, job.out_dir)
 
 
 def _meta(row: CandidateRow) -> dict[str, Any]:
@@ -292,23 +287,16 @@ def _collected(rows: list[CandidateRow], folder: Path, dim: int) -> Collected:
 
 
 def _store_outcomes(job_id: str, rows: list[CandidateRow], outcomes: Iterable[Outcome],
-                    report: dict[str, Any], error: str | None) -> None:
+                    report: dict[str, Any], error: str | None, output: str) -> None:
+    """Every URL's outcome on its row, then the job ends done (or failed) with the summary."""
     by_url = {r.url: r for r in rows}
     for outcome in outcomes:
         row = by_url[outcome.url]
         row.status = outcome.status if outcome.status in ("kept", "dropped") else "dropped"
         row.reason, row.detail = outcome.reason, outcome.detail
         row.extra = outcome.extra
-    job = jobstate.locked(job_id)
-    if job is None or job.status != "running":
-        db.session.rollback()
-        return
     counts: dict[str, Any] = dict(report.get("counts", {}))
-    job.count, job.stage_counts = int(counts.get("kept", 0)), counts
-    job.drop_counts = dict(report.get("dropped", {}))
-    job.result = {k: report.get(k) for k in ("select", "chosen_cluster", "selection_reason", "clusters", "model")}
-    job.status, job.error, job.finished_at, job.stage = ("failed" if error else "done"), error, jobstate.now(), "done"
-    db.session.commit()
-    jobstate.log_line(job_id, f"failed: {error}" if error else f"done: saved {job.count} images to {job.out_dir}")
-    db.session.commit()
-
+    summary = {"count": int(counts.get("kept", 0)), "stage_counts": counts,
+               "drop_counts": dict(report.get("dropped", {})),
+               "result": {k: report.get(k) for k in ("select", "chosen_cluster", "selection_reason", "clusters", "model")}}
+    lifecycle.finish(job_id, error, summary, output)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from common import lifecycle
 from common.config import Settings
 from common.db import db
+from common.lifecycle import Stage
 from common.models import Job
 from common.pipeline.embed import ClipEmbedder, ModelLoadError
 from common.pipeline.progress import Cancelled
@@ -20,6 +22,7 @@ from workers.celery_app import ROUTES
 from workers.jobstate import JobError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _embedders: dict[tuple[str, str, str | None], ClipEmbedder] = {}
 
 
@@ -57,10 +60,18 @@ def send(job_id: str, task: Task, calls: list[tuple[Any, ...]]) -> None:
         task.apply_async(args=args, task_id=task_id)
 
 
+def retried(job_id: str, what: str, work: Callable[[], T]) -> T:
+    """One unit of work, run again whole while the database restarts (every unit is idempotent)."""
+    return lifecycle.with_db_retry(work, f"job {job_id}: {what}", jobstate.base_settings().db_retry_s)
+
+
 def guarded(job_id: str, stage: str, work: Callable[[], None]) -> None:
-    """Run one stage; whatever goes wrong ends as a cancelled or failed job with a reason."""
+    """Run one stage; whatever goes wrong ends as a cancelled or failed job with a reason.
+
+    A database that is away longer than `db_retry_s` leaves the job as it is: the sweep
+    re-sends its step once the database is back."""
     try:
-        work()
+        retried(job_id, stage, work)
     except (Cancelled, SoftTimeLimitExceeded) as exc:
         db.session.rollback()
         if jobstate.cancel_requested(job_id):
@@ -70,6 +81,8 @@ def guarded(job_id: str, stage: str, work: Callable[[], None]) -> None:
     except (JobError, ModelLoadError) as exc:
         jobstate.fail(job_id, str(exc))
     except Exception as exc:  # the job must never stay "running" because of a bug or a bad file
+        if lifecycle.is_transient(exc):
+            raise
         log.exception("job %s: %s failed", job_id, stage)
         db.session.rollback()
         if jobstate.cancel_requested(job_id):
@@ -92,14 +105,24 @@ def search(job_id: str) -> None:
 # counts attempts, so a chunk that kills every worker is given up instead of looping.
 @shared_task(name="workers.tasks.fetch_chunk", reject_on_worker_lost=True, bind=True)
 def fetch_chunk(self: Task, job_id: str, chunk: int) -> None:
+    started: list[bool] = []
+
     def work() -> None:
+        # A start is counted once per delivery: a database retry of the download is not a new start.
+        if not started:
+            started.append(stages.start_fetch_chunk(job_id, chunk))
+        if not started[0]:
+            if stages.fan_in(job_id):
+                send(job_id, embed, [(job_id,)])
+            return
         if stages.run_fetch_chunk(job_id, chunk, f"{self.request.hostname} pid {os.getpid()}"):
             send(job_id, embed, [(job_id,)])
 
     guarded(job_id, f"fetch chunk {chunk}", work)
 
 
-@shared_task(name="workers.tasks.embed")
+# The GPU worker's pool process killed mid-step (or past its time limit) puts the step back.
+@shared_task(name="workers.tasks.embed", reject_on_worker_lost=True)
 def embed(job_id: str) -> None:
     def work() -> None:
         if stages.run_embed(job_id, embedder_for(job_id)):
@@ -108,7 +131,7 @@ def embed(job_id: str) -> None:
     guarded(job_id, "embed", work)
 
 
-@shared_task(name="workers.tasks.select")
+@shared_task(name="workers.tasks.select", reject_on_worker_lost=True)
 def select(job_id: str) -> None:
     guarded(job_id, "select", lambda: stages.run_select(job_id, embedder_for(job_id)))
 
@@ -128,14 +151,16 @@ def sweep() -> list[str]:
     waiting = broker.waiting_task_ids(settings.redis_url)
     failed = jobstate.sweep(settings.stall_timeout_s, waiting_ids=waiting)
     for job in jobstate.stalled(settings.stall_resend_s, waiting):
-        step = RESEND.get(job.stage or "")
+        stage = Stage(job.stage or Stage.SEARCH)  # a queued job whose message was lost starts again
+        step = RESEND.get(stage)
         if step is not None:
             calls = [(job.id, c) for c in stages.unfetched_chunks(job.id)] if step is fetch_chunk else [(job.id,)]
-            jobstate.log_line(job.id, f"no progress for {settings.stall_resend_s:.0f} s at {job.stage}; "
+            jobstate.log_line(job.id, f"no progress for {settings.stall_resend_s:.0f} s at {job.stage or job.status}; "
                                       f"sending it again ({len(calls)} tasks)")
             db.session.commit()
             send(job.id, step, calls)
     return failed
 
 
-RESEND: dict[str, Task] = {"search": search, "fetch": fetch_chunk, "embed": embed, "select": select}
+RESEND: dict[Stage, Task] = {Stage.SEARCH: search, Stage.FETCH: fetch_chunk, Stage.EMBED: embed,
+                             Stage.SELECT: select}

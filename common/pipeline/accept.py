@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -15,10 +16,15 @@ from common.pipeline.dedup import Fingerprint, fingerprint
 from common.pipeline.export import atomic_write
 from common.pipeline.quality import assess_pixels, assess_size, downscale_long_side
 
+if TYPE_CHECKING:
+    from common.pipeline.decode_pool import DecodePool
+
 DECODE_REASONS = {
     "decode_error": "not a readable image",
     "truncated": "image data truncated or corrupt",
     "decompression_bomb": "declares more pixels than the decode limit",
+    "too_many_scans": "a progressive JPEG with more scans than allowed (each scan is another pass over the whole image)",
+    "decode_timeout": "decoding and checking took longer than allowed; its decoder process was stopped",
 }
 
 
@@ -51,22 +57,30 @@ class Rejected:
     sha256: str | None = None  # the downloaded bytes' digest, when there were bytes
 
 
-def stage_download(
-    url: str,
-    data: bytes,
-    image_format: str,
-    source_sha256: str,
-    settings: Settings,
-    staging_dir: Path,
-    prepare: Callable[[Image.Image], np.ndarray] | None = None,
-) -> StagedImage | Rejected:
-    """Header limits and size checks before any pixel is decoded, then pixel checks, then staging."""
+@dataclass(frozen=True)
+class Checked:
+    """What the pure per-image work hands back (picklable: it crosses the decode pool's pipes)."""
+
+    url: str
+    width: int
+    height: int
+    scores: dict[str, float]
+    jpeg: bytes  # the upright pixels re-encoded, ready to stage
+    work: np.ndarray = field(repr=False)  # the downscaled working copy: checks, hashes, CLIP
+    fingerprint: Fingerprint = field(repr=False)
+
+
+def check_download(url: str, data: bytes, settings: Settings) -> Checked | Rejected:
+    """Header limits and size checks before any pixel is decoded, then pixel checks and re-encoding.
+
+    Pure (bytes in, values out, no files): the decode pool runs exactly this in its workers.
+    """
     try:
-        header = open_header(data, settings.max_pixels, settings.max_side)
+        header = open_header(data, settings.max_pixels, settings.max_side, settings.max_jpeg_scans)
         size = assess_size(*header.size, settings)
         if size.reason:
             return Rejected(url, size.reason, size.detail or "", size.scores)
-        image = to_upright_rgb(header)
+        image = to_upright_rgb(header, data)
     except DecodeError as exc:
         return Rejected(url, exc.reason, exc.detail)
     # One downscaled working copy feeds every check, hash and CLIP: full-size pixel work
@@ -76,18 +90,36 @@ def stage_download(
     scores = {**size.scores, **pixels.scores}
     if pixels.reason:
         return Rejected(url, pixels.reason, pixels.detail or "", scores)
+    return Checked(url, image.width, image.height, scores, encode_jpeg(image, settings.jpeg_quality), work,
+                   fingerprint(image, Image.fromarray(work)))
+
+
+def stage_download(
+    url: str,
+    data: bytes,
+    image_format: str,
+    source_sha256: str,
+    settings: Settings,
+    staging_dir: Path,
+    prepare: Callable[[Image.Image], np.ndarray] | None = None,
+    pool: DecodePool | None = None,
+) -> StagedImage | Rejected:
+    """Check one download (in a `pool` worker process when given, else here), then stage it."""
+    checked = pool.check(url, data, settings) if pool else check_download(url, data, settings)
+    if isinstance(checked, Rejected):
+        return checked
     path = staging_dir / f"{source_sha256[:16]}.jpg"
     # Staging is scratch: export fsyncs the files it keeps, so no fsync for every candidate here.
-    atomic_write(path, encode_jpeg(image, settings.jpeg_quality), durable=False)
-    work_image = Image.fromarray(work)
+    atomic_write(path, checked.jpeg, durable=False)
+    work_image = Image.fromarray(checked.work)
     return StagedImage(
         url=url,
         source_sha256=source_sha256,
         path=path,
-        width=image.width,
-        height=image.height,
+        width=checked.width,
+        height=checked.height,
         image_format=image_format,
-        scores=scores,
-        fingerprint=fingerprint(image, work_image),
+        scores=checked.scores,
+        fingerprint=checked.fingerprint,
         pixel_values=prepare(work_image) if prepare else None,
     )

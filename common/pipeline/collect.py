@@ -1,8 +1,10 @@
 """Download, check and embed candidates in one overlapped pass with bounded memory.
 
-An asyncio thread downloads; a thread pool decodes, checks and stages; the calling thread
-embeds full batches as they form. Queues are bounded, so memory does not grow with the
-number of candidates, and the network and decoding overlap with the (slowest) embedding.
+An asyncio thread downloads; a thread pool hands each file to a decode worker process (decode,
+checks and re-encoding there, killed past its time budget: see decode_pool) and stages what comes
+back; the calling thread embeds full batches as they form. Queues are bounded, so memory does
+not grow with the number of candidates, and the network and decoding overlap with the (slowest)
+embedding.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 
 from common.config import Settings
 from common.pipeline.accept import Rejected, StagedImage, stage_download
+from common.pipeline.decode_pool import shared_pool
 from common.pipeline.embed import ClipEmbedder
 from common.pipeline.fetch import fetch_stream
 from common.pipeline.progress import Cancelled, Progress
@@ -140,10 +143,12 @@ def stage_stream(
     """Download, check and stage every URL; yields one StagedImage or Rejected per URL.
 
     Used whole by `collect` (the local runner) and per chunk by the service's fetch tasks.
-    Identical files are caught here, by their bytes, before any decoding.
+    Identical files are caught here, by their bytes, before any decoding. One thread per decode
+    worker: each waits on its worker's pipe (the GIL is free meanwhile) and stages the result.
     """
     seen_bytes: dict[str, str] = {}
     max_pending = 2 * settings.batch_size + settings.decode_workers
+    decoders = shared_pool(settings.decode_workers)  # persistent across calls; closed at exit
     with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
         pending: set[Future[StagedImage | Rejected]] = set()
         for download in iterate_downloads(urls, settings, progress):
@@ -157,7 +162,7 @@ def stage_stream(
                 continue
             seen_bytes[digest] = download.url
             pending.add(pool.submit(stage_download, download.url, download.data or b"", download.image_format or "",
-                                    digest, settings, staging_dir, prepare))
+                                    digest, settings, staging_dir, prepare, decoders))
             if len(pending) >= max_pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 yield from _results(done, progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 
 # OpenCV reads its decode limits once, at import; set them before anyone imports cv2.
@@ -16,6 +17,18 @@ from PIL import Image, ImageOps  # noqa: E402
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
+# A marker is an 0xFF followed by anything but a stuffed 0x00 or another 0xFF (fill bytes);
+# after a scan's entropy-coded data, restart markers (RST0-7) are still part of the data.
+# One byte of look-ahead keeps both searches linear, however many 0xFF bytes a file holds.
+_MARKER = re.compile(rb"\xff[^\x00\xff]")
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_STANDALONE_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # TEM, SOI, RSTn: no length field
+_SOS, _EOI = 0xDA, 0xD9
+# Zero bytes slipped in before the EOI to tell a complete last scan from a cut-short one. libjpeg
+# itself finishes a cut-short MCU with zero bits, so they must outlast the largest MCU (10 blocks
+# of 64 symbols of at most 26 bits: ~2 KB) to decode a block that libjpeg would have left grey.
+_PROBE_PADDING = bytes(4096)
+
 
 class DecodeError(Exception):
     """An image that cannot be used at all; `reason` is the report's drop code."""
@@ -26,7 +39,50 @@ class DecodeError(Exception):
         self.detail = detail
 
 
-def open_header(data: bytes, max_pixels: int, max_side: int) -> Image.Image:
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def jpeg_end(data: bytes, max_scans: int) -> int:
+    """Walk a JPEG's marker segments without decoding: the offset of its EOI marker.
+
+    Each scan (SOS) is one more pass of the decoder over every block, so thousands of tiny
+    repeated scans hold a core for minutes: refused beyond `max_scans`. Data that ends before
+    the EOI is refused as truncated, whatever Pillow's LOAD_TRUNCATED_IMAGES says.
+    """
+    pos, scans = 2, 0  # after SOI
+    while True:
+        found = _MARKER.search(data, pos)  # libjpeg skips stray bytes between segments too
+        if found is None:
+            raise DecodeError("truncated", f"JPEG data ends after {scans} scans without an end marker")
+        pos, marker = found.start(), data[found.start() + 1]
+        if marker == _EOI:
+            return pos
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        pos = _segment_end(data, pos)
+        if marker == _SOS:
+            scans += 1
+            if scans > max_scans:
+                raise DecodeError("too_many_scans", f"JPEG has more than {max_scans} scans")
+            found = _MARKER_AFTER_SCAN.search(data, pos)  # skip the entropy-coded data
+            pos = found.start() if found else len(data)
+
+
+def _segment_end(data: bytes, pos: int) -> int:
+    """Where the marker segment at `pos` ends, by its length field."""
+    if pos + 4 > len(data):
+        raise DecodeError("truncated", "JPEG data ends inside a marker segment")
+    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+    if length < 2:
+        raise DecodeError("decode_error", f"JPEG marker segment with an impossible length {length}")
+    if pos + 2 + length > len(data):
+        raise DecodeError("truncated", "JPEG data ends inside a marker segment")
+    return pos + 2 + length
+
+
+def open_header(data: bytes, max_pixels: int, max_side: int, max_scans: int = 100) -> Image.Image:
     """Parse only the header and refuse oversized images before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
@@ -44,14 +100,22 @@ def open_header(data: bytes, max_pixels: int, max_side: int) -> Image.Image:
         )
     if width < 1 or height < 1:
         raise DecodeError("decode_error", f"image has an empty size {width}x{height}")
+    if is_jpeg(data):
+        jpeg_end(data, max_scans)  # scans counted and the end found before any pixel is decoded
     return image
 
 
-def to_upright_rgb(image: Image.Image) -> Image.Image:
-    """Decode the first frame fully, apply EXIF orientation, flatten alpha onto white."""
+def to_upright_rgb(image: Image.Image, data: bytes | None = None) -> Image.Image:
+    """Decode the first frame fully, apply EXIF orientation, flatten alpha onto white.
+
+    Given the file's bytes, a JPEG whose data stops early but still ends with an EOI marker
+    (libjpeg fills the rest with grey and only warns) is refused as truncated.
+    """
     try:
         image.seek(0)
         image.load()
+        if data is not None and is_jpeg(data) and _ends_early(image, data):
+            raise DecodeError("truncated", "JPEG data ends before the image does (the rest would be grey fill)")
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DecodeError("truncated", f"image data is truncated or corrupt ({exc})") from exc
@@ -63,11 +127,35 @@ def to_upright_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000, max_side: int = 12_000) -> Image.Image:
+def _ends_early(image: Image.Image, data: bytes) -> bool:
+    """Whether libjpeg met the EOI before the last scan's data was complete.
+
+    libjpeg then decodes the missing blocks as all-zero coefficients: exact mid-grey in L and
+    RGB, and only warns. A grey bottom-right corner is the cheap hint; the proof is a second
+    decode with zero bytes slipped in before the EOI: a complete scan never reads them (zeros
+    are also what libjpeg assumes past a marker), a cut-short one decodes them as blocks.
+    """
+    if image.mode not in ("L", "RGB"):
+        return False
+    width, height = image.size
+    corner = np.asarray(image.crop((max(0, width - 8), max(0, height - 8), width, height)))
+    if not (corner == 128).all():
+        return False
+    end = jpeg_end(data, max_scans=1 << 30)  # open_header already capped the scans
+    probe = Image.open(io.BytesIO(data[:end] + _PROBE_PADDING + data[end:]), formats=["JPEG"])
+    try:
+        probe.load()
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return True
+    return probe.tobytes() != image.tobytes()
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000, max_side: int = 12_000,
+                 max_scans: int = 100) -> Image.Image:
     """Bytes of any supported format (whatever the URL claimed) -> upright RGB image."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return to_upright_rgb(open_header(data, max_pixels, max_side))
+        return to_upright_rgb(open_header(data, max_pixels, max_side, max_scans), data)
 
 
 def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:

@@ -1,10 +1,17 @@
-"""Write the dataset: img_0001.jpg ..., report.json, and manifest.jsonl last, all atomically."""
+"""Write the dataset: report.json, img_0001.jpg ..., and manifest.jsonl last, all atomically.
+
+A folder belongs to whoever claimed it (the `.cvdb-owner` marker: a job id, or `cvdb build`);
+only its owner replaces or removes what it wrote there, and never through a symlink.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +20,10 @@ from typing import Any
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
 STAGING = ".staging"
+# Who claimed the folder: a service job's id, or LOCAL_OWNER for `cvdb build`.
+OWNER = ".cvdb-owner"
+LOCAL_OWNER = "cvdb build"
+IMAGE_NAME = re.compile(r"^img_\d{4,6}\.jpg$")
 
 
 class OutputError(Exception):
@@ -25,31 +36,170 @@ def resolve_output(out: Path, data_root: Path) -> Path:
     target = out.expanduser()
     target = (target if target.is_absolute() else Path.cwd() / target).resolve()
     if target == root or not target.is_relative_to(root):
+        # Named as given, relative to the data folder where it is under it: no server path in
+        # what the API passes on (an absolute CVDB_DATA_ROOT is not printed).
+        shown = out.relative_to(data_root) if out.is_relative_to(data_root) else out
+        where = "" if data_root.is_absolute() else f" {data_root}"
         raise OutputError(
-            f"output folder {out} is not inside the data folder {root}; "
+            f"output folder {shown} is not inside the data folder{where} (CVDB_DATA_ROOT); "
             "choose a folder under it or set CVDB_DATA_ROOT"
         )
     return target
 
 
-def prepare_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix with an earlier dataset unless asked; never delete foreign files."""
+def prepare_output(out_dir: Path, overwrite: bool, owner: str) -> None:
+    """Claim the folder for `owner`, then remove the earlier dataset's own files (never anyone else's).
+
+    Refused: another owner's folder, an earlier dataset unless `overwrite`, any file this tool did
+    not write, and symlinks (the folder, its marker or its staging folder).
+    """
+    refuse_link(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir} exists and is not a folder")
+    refuse_link(out_dir / STAGING)
+    current = owner_of(out_dir)
+    if current not in (None, owner):
+        raise OutputError(f"{out_dir} belongs to {_describe(current)}; pick another folder")
     if (out_dir / MANIFEST).exists() and not overwrite:
         raise OutputError(f"{out_dir} already holds a dataset; pass --overwrite to replace it or pick another --out")
-    foreign = [p.name for p in out_dir.glob("*") if not _is_ours(p)] if out_dir.exists() else []
+    foreign = foreign_files(out_dir)
     if foreign:
-        raise OutputError(f"{out_dir} holds files this tool did not write ({', '.join(sorted(foreign)[:3])}...); pick an empty folder")
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputError(f"{out_dir} holds files this tool did not write ({shown}); pick an empty folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Remove the commit marker first: from here on the folder does not look complete.
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    for old in out_dir.glob("img_*.jpg"):
-        old.unlink()
+    write_owner(out_dir, owner)
+    _remove_dataset_files(out_dir)
 
 
-def _is_ours(path: Path) -> bool:
-    return path.name in (MANIFEST, REPORT, STAGING) or (path.name.startswith("img_") and path.suffix == ".jpg")
+def refuse_link(path: Path) -> None:
+    """Never write or delete through a symlink: it could lead anywhere, outside the data folder too."""
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symbolic link; this tool never writes or deletes through one, "
+                          "so replace it with a real folder or pick another name")
+
+
+def _describe(owner: str) -> str:
+    return "a dataset written by cvdb build" if owner == LOCAL_OWNER else f"service job {owner}"
+
+
+def write_owner(out_dir: Path, owner: str) -> None:
+    refuse_link(out_dir / OWNER)
+    atomic_write(out_dir / OWNER, f"{owner}\n".encode())
+
+
+def owner_of(out_dir: Path) -> str | None:
+    """Who claimed `out_dir` (a job id or LOCAL_OWNER); None when no marker is there."""
+    marker = out_dir / OWNER
+    refuse_link(marker)
+    if not regular_file(marker):
+        return None
+    return marker.read_text(encoding="utf-8", errors="replace").strip()
+
+
+def regular_file(path: Path) -> bool:
+    """A regular file itself: lstat, so a symlink never counts, whatever it points at."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def is_image(out_dir: Path, name: object) -> bool:
+    """An img_NNNN.jpg name of a regular file right in `out_dir`: the only dataset files served or removed."""
+    return isinstance(name, str) and IMAGE_NAME.fullmatch(name) is not None and regular_file(out_dir / name)
+
+
+def manifest_rows(out_dir: Path) -> list[dict[str, Any]]:
+    """The manifest's rows, skipping lines that are not JSON objects; [] without a (regular) manifest."""
+    path = out_dir / MANIFEST
+    if not regular_file(path):
+        return []
+    rows: list[Any] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return [row for row in rows if isinstance(row, dict)]
+
+
+def _report_files(out_dir: Path) -> list[Any]:
+    path = out_dir / REPORT
+    try:
+        report = json.loads(path.read_text(encoding="utf-8")) if regular_file(path) else {}
+    except ValueError:
+        return []
+    files = report.get("files") if isinstance(report, dict) else None
+    return files if isinstance(files, list) else []
+
+
+def named_images(out_dir: Path) -> list[Path]:
+    """The images the dataset in `out_dir` names (manifest rows, report's file list): what the tool wrote."""
+    names = [row.get("file") for row in manifest_rows(out_dir)] + _report_files(out_dir)
+    return [out_dir / name for name in dict.fromkeys(n for n in names if is_image(out_dir, n))]
+
+
+def foreign_files(out_dir: Path) -> list[str]:
+    """Names in `out_dir` this tool did not write (a symlink is never its own), sorted."""
+    if not out_dir.is_dir():
+        return []
+    ours = {MANIFEST, REPORT, OWNER} | {p.name for p in named_images(out_dir)}
+    return sorted(p.name for p in out_dir.iterdir() if not _is_ours(p, ours))
+
+
+def _is_ours(path: Path, ours: set[str]) -> bool:
+    if path.name == STAGING:
+        return path.is_dir() and not path.is_symlink()
+    return path.name in ours and regular_file(path)
+
+
+def _unlink_regular(path: Path) -> None:
+    if regular_file(path):
+        path.unlink(missing_ok=True)
+
+
+def _remove_dataset_files(out_dir: Path) -> None:
+    images = named_images(out_dir)  # read before the files that name them go
+    _unlink_regular(out_dir / MANIFEST)  # first: from here on the folder does not look complete
+    for path in images:
+        path.unlink(missing_ok=True)
+    _unlink_regular(out_dir / REPORT)
+
+
+def remove_dataset(out_dir: Path, owner: str) -> bool:
+    """Remove what `owner` wrote in `out_dir` (named images, manifest, report, staging, marker) and the
+    folder if that empties it. False, touching nothing, when the marker does not name `owner`."""
+    refuse_link(out_dir)
+    if not out_dir.is_dir() or owner_of(out_dir) != owner:
+        return False
+    refuse_link(out_dir / STAGING)
+    _remove_dataset_files(out_dir)
+    remove_staging(out_dir)
+    (out_dir / OWNER).unlink(missing_ok=True)  # last: an interrupted removal can be retried
+    with contextlib.suppress(OSError):
+        out_dir.rmdir()  # only succeeds when empty: whatever else is there is not ours
+    return True
+
+
+def release(out_dir: Path, owner: str) -> None:
+    """Give the folder up when `owner` (or nobody) left nothing in it but the marker: a failed or cancelled run."""
+    refuse_link(out_dir)
+    if not out_dir.is_dir() or owner_of(out_dir) not in (None, owner):
+        return
+    if all(p.name == OWNER for p in out_dir.iterdir()):
+        (out_dir / OWNER).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()
+
+
+def make_staging(out_dir: Path) -> Path:
+    """`out_dir/.staging`, made with mkdir; refused unless it is a real folder right inside `out_dir`."""
+    refuse_link(out_dir)
+    staging = out_dir / STAGING
+    with contextlib.suppress(FileExistsError):
+        staging.mkdir(parents=True)
+    refuse_link(staging)
+    if not staging.is_dir() or staging.resolve() != out_dir.resolve() / STAGING:
+        raise OutputError(f"{staging} is not a folder inside {out_dir}; remove it and run again")
+    return staging
 
 
 def fsync_file(path: Path) -> None:
@@ -85,15 +235,18 @@ def file_name(index: int) -> str:
 
 
 def write_dataset(out_dir: Path, staged_files: Sequence[Path], rows: Sequence[dict[str, Any]], report: dict[str, Any]) -> None:
-    """Move staged JPEGs into place as img_NNNN.jpg, then report.json, then manifest.jsonl.
+    """report.json (naming the images), then the staged JPEGs as img_NNNN.jpg, then manifest.jsonl.
 
-    `rows[i]` describes `staged_files[i]` and already carries its final `file` name.
+    `rows[i]` describes `staged_files[i]` and already carries its final `file` name. The report
+    comes first so an interrupted export never leaves an image no file names: a later run or a
+    delete removes exactly those.
     """
+    named = {**report, "files": [row["file"] for row in rows]}
+    atomic_write(out_dir / REPORT, json.dumps(named, ensure_ascii=False, indent=2).encode())
     for staged, row in zip(staged_files, rows, strict=True):
         fsync_file(staged)  # staged without fsync; a kept file must be on disk before the manifest
         os.replace(staged, out_dir / row["file"])  # same filesystem: an atomic rename
     fsync_file(out_dir)
-    atomic_write(out_dir / REPORT, json.dumps(report, ensure_ascii=False, indent=2).encode())
     manifest = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     atomic_write(out_dir / MANIFEST, manifest.encode())
     fsync_file(out_dir)
@@ -106,4 +259,5 @@ def write_failure_report(out_dir: Path, report: dict[str, Any]) -> None:
 
 
 def remove_staging(out_dir: Path) -> None:
+    # rmtree refuses a symlinked .staging (ignored here) and never follows links inside it.
     shutil.rmtree(out_dir / STAGING, ignore_errors=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.config import Settings
@@ -18,10 +20,12 @@ if TYPE_CHECKING:
 
 _DOWNLOAD_STAGE = {"duplicate_url", "invalid_url", "blocked_address", "timeout", "connection_error", "worker_lost",
                    "too_many_redirects", "too_large", "not_an_image", "robots_noai", "empty_body"}
-_QUALITY_STAGE = {"decode_error", "truncated", "decompression_bomb", "too_small", "bad_aspect_ratio",
-                  "blurry", "too_dark", "washed_out", "low_information"}
+_QUALITY_STAGE = {"decode_error", "truncated", "decompression_bomb", "too_many_scans", "decode_timeout",
+                  "too_small", "bad_aspect_ratio", "blurry", "too_dark", "washed_out", "low_information"}
 _DUPLICATE_STAGE = {"duplicate_bytes", "duplicate_pixels", "near_duplicate_phash", "near_duplicate_embedding"}
 _PACKAGES = ("torch", "transformers", "scikit-learn", "numpy", "pillow", "opencv-python", "ImageHash", "aiohttp")
+# Settings that may name a local folder rather than a hub model.
+_MODEL_FIELDS = ("model", "text_model")
 
 
 def stage_of(reason: str) -> str:
@@ -42,6 +46,26 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+def portable(value: object, local_folder: bool = False) -> object:
+    """A path by its name only: report.json travels with the dataset, the server's layout does not.
+    Absolute paths always; with `local_folder`, also a relative name that is a folder here (a model
+    saved with save_pretrained, as opposed to a hub name like openai/clip-vit-base-patch32)."""
+    if not isinstance(value, str) or not value:
+        return value
+    if os.path.isabs(os.path.expanduser(value)) or (local_folder and Path(value).expanduser().is_dir()):
+        return Path(value).name
+    return value
+
+
+def portable_thresholds(settings: Settings) -> dict[str, object]:
+    """The settings for report.json, without a server path (data_root, a local model folder, binaries)."""
+    return {name: portable(value, name in _MODEL_FIELDS) for name, value in settings.thresholds().items()}
+
+
+def portable_model(embedder: ClipEmbedder) -> dict[str, object]:
+    return {key: portable(value, key in _MODEL_FIELDS) for key, value in embedder.describe().items()}
 
 
 def stage_counts(candidates: int, dropped: Counter[str], kept: int) -> dict[str, int]:
@@ -73,9 +97,9 @@ def build_report(
         "chosen_cluster": selection.chosen.id if selection.chosen else None,
         "selection_reason": selection.reason,
         "clusters": [c.to_dict() for c in selection.clusters],
-        "thresholds": settings.thresholds(),
+        "thresholds": portable_thresholds(settings),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "model": embedder.describe(),
+        "model": portable_model(embedder),
         "versions": library_versions(),
         "outcomes": [o.to_dict() for o in outcomes],
     }

@@ -54,9 +54,8 @@ def build(
 ) -> BuildResult:
     """Run every stage; raise BuildError (after writing report.json) when nothing is kept."""
     progress = progress or SilentProgress()
-    export.prepare_output(out_dir, overwrite)
-    staging = out_dir / export.STAGING
-    staging.mkdir(parents=True, exist_ok=True)
+    export.prepare_output(out_dir, overwrite, owner=export.LOCAL_OWNER)
+    staging = export.make_staging(out_dir)
     timings: dict[str, float] = {}
     try:
         started = time.perf_counter()

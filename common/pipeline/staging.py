@@ -15,7 +15,7 @@ import numpy as np
 
 from common.pipeline.accept import StagedImage
 from common.pipeline.dedup import Fingerprint
-from common.pipeline.export import atomic_write
+from common.pipeline.export import atomic_write, refuse_link
 
 
 def key(source_sha256: str) -> str:
@@ -25,6 +25,7 @@ def key(source_sha256: str) -> str:
 
 def save(staged: StagedImage) -> None:
     folder, name = staged.path.parent, key(staged.source_sha256)
+    refuse_link(folder)  # a .staging swapped for a symlink would put files outside the data folder
     arrays = {"thumb": staged.fingerprint.thumb, "layout": staged.fingerprint.layout}
     if staged.pixel_values is not None:
         arrays["pixels"] = staged.pixel_values
@@ -45,6 +46,7 @@ def exists(folder: Path, source_sha256: str) -> bool:
 def load(folder: Path, source_sha256: str, url: str, with_pixels: bool = False) -> StagedImage:
     """The staged image as the fetch task left it, credited to `url` (copies share one file)."""
     name = key(source_sha256)
+    refuse_link(folder)  # select moves staged files into the dataset: never from outside the folder
     meta = json.loads((folder / f"{name}.json").read_text())
     with np.load(folder / f"{name}.npz") as arrays:
         fingerprint = Fingerprint(meta["pixel_hash"], int(meta["phash"]), arrays["thumb"], arrays["layout"])
