@@ -163,7 +163,8 @@ def run(processes: list[Process], out: TextIO = sys.stdout) -> int:
                               f"starting it again in {pause[process.name]:.0f} s\n")
                 restart_at[process.name] = time.monotonic() + pause[process.name]
                 pause[process.name] = min(pause[process.name] * 2, MAX_RESTART_PAUSE_S)
-            elif time.monotonic() >= restart_at.pop(process.name):
+            elif time.monotonic() >= restart_at[process.name]:
+                del restart_at[process.name]
                 running[process.name] = _spawn(process, labels[process.name], out, lock)
                 started[process.name] = time.monotonic()
         stop.wait(0.5)

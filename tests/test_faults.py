@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil
 import pytest
+import redis
+from celery import Celery
 
 from common.devkit import corpus
 from common.devkit.fake_naver import FakeNaver
@@ -67,7 +69,12 @@ def log_of(service: Service, job_id: str) -> str:
 
 def running_task(service: Service, name: str, node: str) -> dict[str, Any] | None:
     """The task of this name running now on this node (asks that node only, answers at once)."""
-    replies = service.celery.control.inspect(timeout=1.0, destination=[node], limit=1).active() or {}
+    try:
+        replies = service.celery.control.inspect(timeout=1.0, destination=[node], limit=1).active() or {}
+    except (redis.RedisError, OSError):  # our own client still holds a connection from before a restart
+        service.celery.close()
+        service.celery = Celery(broker=service.redis_url)
+        return None
     return next((t for tasks in replies.values() for t in tasks if t["name"] == name), None)
 
 

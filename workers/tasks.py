@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from common import lifecycle
@@ -57,7 +58,33 @@ def send(job_id: str, task: Task, calls: list[tuple[Any, ...]]) -> None:
     ids = [job.record_task(queue_of(task)) for _ in calls]
     db.session.commit()
     for task_id, args in zip(ids, calls):
-        task.apply_async(args=args, task_id=task_id)
+        publish(task, args, task_id)
+
+
+def publish(task: Task, args: tuple[Any, ...], task_id: str) -> None:
+    """Send one task, waiting out a Redis restart for up to `publish_retry_s`. kombu retries a
+    refused connection itself, but not every error of a connection dropped mid-publish."""
+    deadline, delay = time.monotonic() + jobstate.base_settings().publish_retry_s, 0.5
+    while True:
+        try:
+            task.apply_async(args=args, task_id=task_id)
+            return
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("could not send %s (%s: %s); retrying in %.1f s", task.name, type(exc).__name__, exc, delay)
+            _drop_broker_connections(task.app)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _drop_broker_connections(app: Celery) -> None:
+    """Connections to a broker that went away are useless: close them and start new pools, as
+    Celery itself does after a fork."""
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 def retried(job_id: str, what: str, work: Callable[[], T]) -> T:
