@@ -159,7 +159,7 @@ def _base_config() -> dict[str, Any]:
         "CVDB_SETTINGS": settings,
         "SQLALCHEMY_DATABASE_URI": settings.database_url,
         # A dropped connection (Postgres restart) is noticed before a request uses it.
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}},
         "MAX_CONTENT_LENGTH": MAX_CONTENT_LENGTH,
     }
 

@@ -30,7 +30,7 @@ from common.pipeline.export import MANIFEST, REPORT, OutputError, resolve_output
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/api")
 IMAGE_NAME = re.compile(r"^img_\d{4,6}\.jpg$")
-ACTIVE = ("queued", "running", "cancelling")
+ACTIVE = lifecycle.ACTIVE
 
 
 def settings() -> Settings:
@@ -173,6 +173,7 @@ def job_out(job: Job, progress: dict[str, int]) -> dict[str, Any]:
     data["output"] = data.pop("out_dir")
     data["options"] = {k: v for k, v in data["options"].items() if k != "source_info"}
     data["progress"] = progress
+    data["final"] = job.status in FINAL_STATUSES
     end = job.finished_at or datetime.now(UTC)
     data["elapsed_s"] = round((end - job.started_at).total_seconds(), 1) if job.started_at and end else None
     data["links"] = _links(job.id)

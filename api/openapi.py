@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import schemas
+from common.lifecycle import JobStatus
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 ERRORS = {"404": "No such job.", "409": "Not possible in the job's current state."}
@@ -20,8 +21,7 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[
     ("get", "/api/jobs", "List jobs, newest first", None, ("200", schemas.JobList), [
         {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
         {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["queued", "running", "cancelling",
-                                                                                 "cancelled", "done", "failed"]}},
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": [s.value for s in JobStatus]}},
     ], ("400",)),
     ("get", "/api/jobs/{job_id}", "A job's status, progress, drop reasons and result", None,
      ("200", schemas.JobOut), [JOB_ID], ("404",)),

@@ -22,14 +22,8 @@ def enqueue(task_id: str, name: str, queue: str, *args: object, countdown: float
 
 
 def revoke(tasks: list[dict[str, str]]) -> None:
-    """Revoke these tasks of a job (as recorded in Job.task_ids). Prefork CPU tasks are interrupted too: SIGUSR1 raises
-    SoftTimeLimitExceeded inside the task, which ends it as cancelled. The solo GPU worker
-    cannot be signalled that way; its tasks stop at the cancel flag between batches."""
-    ids = {"cpu": [], "gpu": []}  # type: dict[str, list[str]]
-    for task in tasks:
-        ids.setdefault(task.get("queue", "cpu"), []).append(task["id"])
-    control = celery().control
-    if ids["cpu"]:
-        control.revoke(ids["cpu"], terminate=True, signal="SIGUSR1")
-    if ids["gpu"]:
-        control.revoke(ids["gpu"])
+    """Revoke these tasks of a job (as recorded in Job.task_ids). Both worker kinds run prefork
+    pools, so running tasks are interrupted too: SIGUSR1 raises SoftTimeLimitExceeded inside the
+    task, which ends it as cancelled. Tasks also stop at the cancel flag between items."""
+    if tasks:
+        celery().control.revoke([task["id"] for task in tasks], terminate=True, signal="SIGUSR1")

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.lifecycle import JobStatus, Stage
+
 OUTPUT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SOURCES = ("naver", "naver-api", "naver-browser", "auto", "urls")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -101,8 +103,10 @@ class JobOut(BaseModel):
     output: str
     source: str
     options: dict[str, Any]
-    status: Literal["queued", "running", "cancelling", "cancelled", "done", "failed"]
-    stage: str | None
+    status: JobStatus
+    # True once the job will never change again (done, failed, cancelled): what clients poll on.
+    final: bool
+    stage: Stage | None
     count: int
     error: str | None
     cancel_requested: bool

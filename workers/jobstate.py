@@ -68,10 +68,16 @@ def active(job_id: str) -> Job | None:
 
 
 def fail(job_id: str, error: str) -> bool:
-    job = lifecycle.fail(job_id, error)
+    job = lifecycle.fail(job_id, without_server_paths(error))
     if job is not None:
         _remove_staging(job)
     return job is not None
+
+
+def without_server_paths(message: str) -> str:
+    """A job's error is shown to API clients: folders are named relative to the data folder."""
+    root = str(base_settings().data_root.expanduser().resolve())
+    return message.replace(root + "/", "").replace(root, "the data folder")
 
 
 def stop_cancelled(job_id: str) -> bool:

@@ -2,7 +2,6 @@
 // Nothing from the API is ever parsed as HTML: every text goes in through textContent.
 
 const TOKEN_KEY = "cvdb.apiToken";
-export const ACTIVE = new Set(["queued", "running", "cancelling"]);
 export const POLL_MS = 1500;
 export const IDLE_POLL_MS = 10000;
 
@@ -221,7 +220,7 @@ const STAGE_VERB = { search: "searching", fetch: "downloading", embed: "embeddin
 
 /** Which steps are active now: fetch is downloading and filtering; select is clustering and saving. */
 export function activeSteps(job) {
-  if (!ACTIVE.has(job.status) || job.status === "queued") return [];
+  if (job.final || job.status === "queued") return [];
   return { search: [0], fetch: [1, 2], embed: [3], select: [4, 5] }[job.stage] || [];
 }
 

@@ -1,6 +1,6 @@
 // The start page: the job form and the live job history.
 import {
-  ACTIVE, ApiError, api, clearError, el, formatElapsed, formatTime, poll, setupAuth, showError,
+  ApiError, api, clearError, el, formatElapsed, formatTime, poll, setupAuth, showError,
   stageInfo, statusBadge, userText,
 } from "/ui/common.js";
 
@@ -121,7 +121,7 @@ function actionsCell(job) {
   const cell = el("div", { class: "actions" },
     el("a", { class: "button secondary", href: `/jobs/${job.id}`, text: "View" }),
     el("a", { class: "button secondary", href: `/jobs/${job.id}#log`, text: "Log" }));
-  if (ACTIVE.has(job.status)) {
+  if (!job.final) {
     cell.append(el("button", {
       type: "button", class: "danger cancel", text: job.status === "cancelling" ? "Cancelling…" : "Cancel",
       disabled: job.status === "cancelling", onclick: () => act(`/api/jobs/${job.id}/cancel`, "POST"),
@@ -193,7 +193,7 @@ async function refresh() {
     renderJobs(data);
     clearError("poll");
     document.body.dataset.loaded = "true";
-    return data.jobs.some((job) => ACTIVE.has(job.status));
+    return data.jobs.some((job) => !job.final);
   } catch (err) {
     showError(err, "poll");
     throw err;

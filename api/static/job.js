@@ -1,6 +1,6 @@
 // One job's page: summary, drop reasons, clusters, kept images with a viewer, and the live log.
 import {
-  ACTIVE, STEPS, activeSteps, api, clearError, el, formatElapsed, formatNumber, formatTime,
+  STEPS, activeSteps, api, clearError, el, formatElapsed, formatNumber, formatTime,
   poll, safeLink, setupAuth, showError, stageInfo, statusBadge, userText,
 } from "/ui/common.js";
 
@@ -42,7 +42,7 @@ function renderSummary(job) {
   facts.replaceChildren();
   const p = job.progress || {};
   fact(facts, "Kept", `${job.count} of ${job.limit} asked`);
-  if (ACTIVE.has(job.status) || !job.stage_counts || job.stage_counts.candidates === undefined) {
+  if (!job.final || !job.stage_counts || job.stage_counts.candidates === undefined) {
     fact(facts, "Candidates", `${p.candidates} found · ${p.fetched} fetched · ${p.accepted} passed the checks`);
   } else {
     fact(facts, "Candidates", `${job.stage_counts.candidates} found · ${job.stage_counts.unique} usable after checks`);
@@ -60,7 +60,7 @@ function renderSummary(job) {
 
   const actions = document.getElementById("job-actions");
   actions.replaceChildren();
-  if (ACTIVE.has(job.status)) {
+  if (!job.final) {
     actions.append(el("button", {
       type: "button", class: "danger cancel", text: job.status === "cancelling" ? "Cancelling…" : "Cancel",
       disabled: job.status === "cancelling", onclick: () => act(`${base}/cancel`, "POST"),
@@ -108,7 +108,7 @@ function renderDrops(job) {
   const total = entries.reduce((sum, [, n]) => sum + n, 0);
   chart.setAttribute("aria-label", `${total} candidates dropped, by reason`);
   empty.hidden = entries.length > 0;
-  empty.textContent = ACTIVE.has(job.status)
+  empty.textContent = !job.final
     ? "Nothing dropped yet."
     : "Nothing was dropped.";
 
@@ -144,7 +144,7 @@ function renderClusters(job) {
   }));
   const empty = document.getElementById("clusters-empty");
   empty.hidden = clusters.length > 0;
-  empty.textContent = ACTIVE.has(job.status)
+  empty.textContent = !job.final
     ? "Clusters appear once the images are embedded and clustered."
     : "No clusters were found.";
 }
@@ -167,7 +167,7 @@ async function loadImages(job) {
     images = [];
     grid.replaceChildren();
     empty.hidden = false;
-    empty.textContent = ACTIVE.has(job.status)
+    empty.textContent = !job.final
       ? "The kept images appear here when the job is done."
       : `No dataset: the job is ${job.status}.`;
     document.getElementById("images-count").textContent = "";
@@ -237,7 +237,7 @@ async function refreshLog(job) {
     pre.lang = /[\uac00-\ud7af]/.test(data.log) ? "ko" : "";
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
-  document.getElementById("log-state").textContent = ACTIVE.has(job.status)
+  document.getElementById("log-state").textContent = !job.final
     ? `${data.lines.length} lines · live` : `${data.lines.length} lines`;
 }
 
@@ -274,7 +274,7 @@ async function refresh() {
       refresh.scrolled = true;
       document.getElementById("log").scrollIntoView();
     }
-    const active = ACTIVE.has(job.status);
+    const active = !job.final;
     if (!active) poller.stop();  // a finished job does not change any more
     return active;
   } catch (err) {
