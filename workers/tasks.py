@@ -63,7 +63,8 @@ def send(job_id: str, task: Task, calls: list[tuple[Any, ...]]) -> None:
 
 def publish(task: Task, args: tuple[Any, ...], task_id: str) -> None:
     """Send one task, waiting out a Redis restart for up to `publish_retry_s`. kombu retries a
-    refused connection itself, but not every error of a connection dropped mid-publish."""
+    refused connection itself, but not every error of a connection dropped mid-publish. A task
+    that could not be sent at all is left to the sweep, which re-sends the job's step."""
     deadline, delay = time.monotonic() + jobstate.base_settings().publish_retry_s, 0.5
     while True:
         try:
@@ -71,7 +72,8 @@ def publish(task: Task, args: tuple[Any, ...], task_id: str) -> None:
             return
         except Exception as exc:
             if time.monotonic() + delay > deadline:
-                raise
+                log.error("could not send %s %s: %s; the sweep will send it again", task.name, task_id, exc)
+                return
             log.warning("could not send %s (%s: %s); retrying in %.1f s", task.name, type(exc).__name__, exc, delay)
             _drop_broker_connections(task.app)
             time.sleep(delay)
