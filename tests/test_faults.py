@@ -161,28 +161,36 @@ def test_a_hung_embed_is_stopped_at_its_time_limit_and_sent_again(faulty: Servic
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def _cpu_worker_groups(service: Service) -> list[int]:
-    return [service.worker_pid(f"cpu-{i}") for i in range(1, service.cpu_workers + 1)]
+def _cpu_worker_processes() -> list[psutil.Process]:
+    """Every process of every CPU worker: main processes and their pool children."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "worker" in cmdline and "cpu" in cmdline and "-Q" in cmdline:
+            found.append(process)
+    return found
 
 
-def _fresh_cpu_workers(service: Service, old: list[int]) -> bool:
+def _fresh_cpu_workers(service: Service, old: set[int]) -> bool:
     try:
-        return set(_cpu_worker_groups(service)).isdisjoint(old)
-    except AssertionError:  # not started again yet
+        pids = {p.pid for p in _cpu_worker_processes() if p.status() != psutil.STATUS_ZOMBIE}
+    except psutil.Error:  # one ended while we looked
         return False
+    return len(pids) >= service.cpu_workers and pids.isdisjoint(old)
 
 
 def test_a_cancel_sent_while_no_cpu_worker_is_up_still_cancels(faulty: Service) -> None:
-    groups = _cpu_worker_groups(faulty)
-    for group in groups:
-        os.killpg(group, signal.SIGSTOP)  # no CPU worker can take the job or hear the revoke
+    stopped = _cpu_worker_processes()
+    assert len(stopped) >= faulty.cpu_workers
+    for process in stopped:
+        process.send_signal(signal.SIGSTOP)  # no CPU worker can take the job or hear the revoke
     try:
         job_id = faulty.submit(query=corpus.TARGET, limit=20, output="cancel-no-worker")
         assert faulty.api("POST", f"/api/jobs/{job_id}/cancel").status_code == 202
     finally:
-        for group in groups:
-            os.killpg(group, signal.SIGKILL)  # gone for good; `cvdb serve` starts fresh ones
-    wait_for(lambda: _fresh_cpu_workers(faulty, groups), 60, "fresh CPU workers")
+        for process in stopped:
+            process.kill()  # gone for good; `cvdb serve` starts fresh ones
+    wait_for(lambda: _fresh_cpu_workers(faulty, {p.pid for p in stopped}), 60, "fresh CPU workers")
     job = faulty.wait_status(job_id, FINAL, timeout_s=120)
     assert job["status"] == "cancelled"
     assert "searching" not in log_of(faulty, job_id)
