@@ -57,9 +57,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     _register_health(app)
     from api.dashboard import bp as dashboard_bp
     from api.jobs import bp as jobs_bp
+    from api.original import bp as original_bp
 
     app.register_blueprint(jobs_bp)
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(original_bp)
 
     @app.get("/api/openapi.json")
     def openapi_document() -> ResponseReturnValue:

@@ -17,7 +17,7 @@ from sqlalchemy import Integer, case, func, select
 from sqlalchemy.exc import IntegrityError
 from zipstream import ZIP_STORED, ZipStream
 
-from api import queue, signing
+from api import original, queue, signing
 from api.schemas import JobRequest
 from common import lifecycle
 from common.cli import slug
@@ -83,19 +83,40 @@ def _out_dir(job: Job) -> Path:
 
 @bp.post("/jobs")
 def create_job() -> ResponseReturnValue:
-    return _submit(_json_body())
+    response, status = _submit(_json_body())
+    return jsonify(response), status
 
 
 @bp.post("/run")
 def run_alias() -> ResponseReturnValue:
-    """The original dashboard's call: {query, limit, out_dir}."""
-    body = _json_body()
-    if "out_dir" in body and "output" not in body:
-        body["output"] = body.pop("out_dir")
-    return _submit(body)
+    """The original dashboard's call: {query, limit, out_dir}; answers with `job_id` besides our fields,
+    and with `detail` as one sentence when the request is refused."""
+    try:
+        body = _json_body()
+        job_id = str(uuid.uuid4())
+        if "out_dir" in body and "output" in body:
+            raise ApiError(422, "validation_error", [{"field": "out_dir", "message": "give either out_dir (the "
+                                                      "original's folder path) or output (a folder name), not both"}])
+        if "out_dir" in body:
+            out_dir = body.pop("out_dir")
+            if not isinstance(out_dir, str):
+                raise ApiError(422, "validation_error", [{"field": "out_dir", "message": "must be a folder path, "
+                                                          "e.g. data/naver_collected"}])
+            try:
+                body["output"] = original.output_for(out_dir, job_id)
+            except original.OutDirError as exc:
+                raise ApiError(422, "validation_error", [{"field": "out_dir", "message": str(exc)}]) from None
+        response, status = _submit(body, job_id, original_route=True)
+    except ApiError as exc:
+        if isinstance(exc.detail, list):
+            body = {"error": exc.error, "detail": original.sentence(exc.detail), "errors": exc.detail}
+            return jsonify(body), exc.status
+        raise
+    return jsonify({"job_id": job_id, **response}), status
 
 
-def _submit(body: dict[str, Any]) -> ResponseReturnValue:
+def _submit(body: dict[str, Any], job_id: str | None = None,
+            original_route: bool = False) -> tuple[dict[str, Any], int]:
     try:
         spec = JobRequest.model_validate(body)
     except ValidationError as exc:
@@ -107,11 +128,11 @@ def _submit(body: dict[str, Any]) -> ResponseReturnValue:
     if active is not None and active >= settings().max_active_jobs:
         raise ApiError(429, "too_many_requests", f"{active} jobs are queued or running, the most this server "
                        "takes at once; submit again when some have finished.")
-    job_id = str(uuid.uuid4())
+    job_id = job_id or str(uuid.uuid4())
     output = spec.output or f"{slug(spec.query)}-{job_id[:8]}"
     _check_output_free(output)
     job = Job(id=job_id, query=spec.query, request_limit=spec.limit, out_dir=output, source=spec.source,
-              options=spec.pipeline_options(), status="queued", log="", task_ids=[])
+              options=spec.pipeline_options(), status="queued", log="", task_ids=[], original_route=original_route)
     db.session.add(job)
     task_id = job.record_task("cpu")
     job.append_log(f"queued: {spec.limit} images of {spec.query!r} from {spec.source} into {output}")
@@ -129,7 +150,7 @@ def _submit(body: dict[str, Any]) -> ResponseReturnValue:
         job.status, job.error = "failed", f"could not queue the job: {type(exc).__name__}"
         db.session.commit()
         raise ApiError(503, "service_unavailable", "The job queue (Redis) is unreachable; try again later.") from exc
-    return jsonify({"id": job_id, "status": job.status, "links": _links(job_id)}), 202
+    return {"id": job_id, "status": _shown_status(job), "links": _links(job_id)}, 202
 
 
 def _check_output_free(output: str) -> None:
@@ -168,9 +189,14 @@ def _progress(job_ids: list[str]) -> dict[str, dict[str, int]]:
     return {job_id: found.get(job_id, dict(empty)) for job_id in job_ids}
 
 
+def _shown_status(job: Job) -> str:
+    return original.shown_status(job.status) if job.original_route else job.status
+
+
 def job_out(job: Job, progress: dict[str, int]) -> dict[str, Any]:
     data = job.to_dict()
-    data["output"] = data.pop("out_dir")
+    data["output"] = data["out_dir"]  # `out_dir`: the original's name for it
+    data["status"] = _shown_status(job)
     data["options"] = {k: v for k, v in data["options"].items() if k != "source_info"}
     data["progress"] = progress
     data["final"] = job.status in FINAL_STATUSES
@@ -218,6 +244,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 def get_job(job_id: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
     data = job_out(job, _progress([job.id])[job.id])
+    data["log"] = job.log or ""  # the original's log page reads it here
     if job.status not in FINAL_STATUSES:  # while it runs, count the drops recorded so far
         data["drop_counts"] = _drops_so_far(job.id)
     return jsonify(data)
@@ -253,7 +280,9 @@ def list_images(job_id: str) -> ResponseReturnValue:
     rows = [r for r in rows if export.is_image(folder, r.get("file"))]
     images = [{"file": r["file"], "url": signing.link(f"/api/jobs/{job.id}/images/{r['file']}"), "manifest": r}
               for r in rows]
-    return jsonify({"id": job.id, "count": len(images), "images": images})
+    # `job_id`, `out_dir` and `files` (names only) are what the original's page reads.
+    return jsonify({"id": job.id, "count": len(images), "images": images, "job_id": job.id,
+                    "out_dir": job.out_dir, "files": [image["file"] for image in images]})
 
 
 @bp.get("/jobs/<job_id>/images/<path:name>")
@@ -323,12 +352,14 @@ def cancel_job(job_id: str) -> ResponseReturnValue:
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> ResponseReturnValue:
     """Delete the history row and what the job wrote, only while the folder's marker names the job
-    (another job may have reused the name); a user's own files and the folder they are in stay."""
+    (another job may have reused the name); a user's own files and the folder they are in stay.
+    A job from the original's POST /api/run leaves only the history: its page promises that."""
     job = _job_or_404(job_id)
     if job.status not in FINAL_STATUSES:
         raise ApiError(409, "conflict", f"Job {job.id} is {job.status}; cancel it first, then delete it.")
     try:
-        export.remove_dataset(_own_folder(job), job.id)
+        if not job.original_route:
+            export.remove_dataset(_own_folder(job), job.id)
     except OutputError:  # a symlinked marker or .staging: nothing is deleted through it
         raise ApiError(409, "conflict", f"Job {job.id} was not deleted: its folder holds a symbolic link "
                        "(.staging or .cvdb-owner), and the service never deletes through one.") from None

@@ -16,15 +16,16 @@ ERRORS = {"404": "No such job.", "409": "Not possible in the job's current state
 # (method, path, summary, request model, (status, response model or media type), extra parameters, errors)
 ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[dict[str, Any]], tuple[str, ...]]] = [
     ("post", "/api/jobs", "Submit a job", schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422", "429")),
-    ("post", "/api/run", "Submit a job (the original dashboard's route; `out_dir` is accepted for `output`)",
-     schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422", "429")),
+    ("post", "/api/run", "Submit a job the original dashboard's way: `out_dir` as it sent it, `job_id` in the "
+     "answer, `detail` always a sentence", schemas.RunRequest, ("202", schemas.RunCreated), [],
+     ("409", "413", "415", "422", "429")),
     ("get", "/api/jobs", "List jobs, newest first", None, ("200", schemas.JobList), [
         {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
         {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
         {"name": "status", "in": "query", "schema": {"type": "string", "enum": [s.value for s in JobStatus]}},
     ], ("400",)),
-    ("get", "/api/jobs/{job_id}", "A job's status, progress, drop reasons and result", None,
-     ("200", schemas.JobOut), [JOB_ID], ("404",)),
+    ("get", "/api/jobs/{job_id}", "A job's status, progress, drop reasons, result and log", None,
+     ("200", schemas.JobDetail), [JOB_ID], ("404",)),
     ("get", "/api/jobs/{job_id}/log", "The job's log", None, ("200", schemas.LogOut), [JOB_ID], ("404",)),
     ("get", "/api/jobs/{job_id}/images", "Kept images with their manifest rows", None,
      ("200", schemas.ImageList), [JOB_ID], ("404",)),
@@ -39,7 +40,8 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[
      [JOB_ID], ("404", "409")),
     ("post", "/api/jobs/{job_id}/cancel", "Cancel a queued or running job", None, ("202", schemas.JobOut),
      [JOB_ID], ("404", "409")),
-    ("delete", "/api/jobs/{job_id}", "Delete a finished job and its dataset folder", None, ("204", None),
+    ("delete", "/api/jobs/{job_id}", "Delete a finished job and its dataset (a job from "
+     "POST /api/run: only its history entry, as the original did)", None, ("204", None),
      [JOB_ID], ("404", "409")),
     ("post", "/api/jobs/clear", "Remove finished jobs from the history (datasets stay on disk)", None,
      ("200", schemas.Cleared), [], ()),

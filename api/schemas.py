@@ -75,6 +75,14 @@ class JobRequest(BaseModel):
         return {**options, "urls": self.urls} if self.urls else options
 
 
+class RunRequest(JobRequest):
+    """The original dashboard's submit body: `out_dir` names a folder under data/, as it sent it."""
+
+    out_dir: str | None = Field(None, max_length=200, description="The original's output path, e.g. "
+                                "data/naver_collected: like the original, each run gets a folder of its own, "
+                                "here naver_collected-<first 8 characters of the job id> in the data folder.")
+
+
 class ErrorOut(BaseModel):
     error: str = Field(description="A short code, e.g. not_found, validation_error.")
     detail: Any = Field(description="What went wrong and what to do; a list of field errors for 422.")
@@ -101,9 +109,11 @@ class JobOut(BaseModel):
     query: str
     limit: int
     output: str
+    out_dir: str = Field(description="The same as `output`: the original's name for it.")
     source: str
     options: dict[str, Any]
-    status: JobStatus
+    status: JobStatus = Field(description="A job submitted through POST /api/run shows `running` until it is "
+                              "final, as the original did; `stage` and `cancel_requested` tell the rest.")
     # True once the job will never change again (done, failed, cancelled): what clients poll on.
     final: bool
     stage: Stage | None
@@ -122,10 +132,18 @@ class JobOut(BaseModel):
     links: Links
 
 
+class JobDetail(JobOut):
+    log: str = Field(description="The job's log so far (also at /log); the original's log page reads it here.")
+
+
 class JobCreated(BaseModel):
     id: str
     status: str
     links: Links
+
+
+class RunCreated(JobCreated):
+    job_id: str = Field(description="The same as `id`: the field the original's page reads.")
 
 
 class JobList(BaseModel):
@@ -152,6 +170,9 @@ class ImageList(BaseModel):
     id: str
     count: int
     images: list[ImageOut]
+    job_id: str = Field(description="The same as `id` (the original's field).")
+    out_dir: str = Field(description="The job's output folder (the original's field).")
+    files: list[str] = Field(description="The image file names alone, as the original listed them.")
 
 
 class Reason(BaseModel):

@@ -13,7 +13,7 @@ SelectMode = Literal["query", "largest"]
 
 # Secrets and deployment addresses never go into a dataset's report.json.
 _NOT_IN_REPORTS = {"naver_client_id", "naver_client_secret", "database_url", "redis_url", "api_tokens",
-                   "allowed_hosts"}
+                   "allowed_hosts", "original_dashboard_dir"}
 
 
 class Settings(BaseSettings):
@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     # Host names the API answers to (a guard against DNS rebinding), comma separated, ports ignored;
     # `*` allows any. Empty: these defaults; `cvdb serve` adds the address it binds.
     allowed_hosts: str = "localhost,127.0.0.1,::1"
+    # A folder served under /static/ as it is: the original tool's dashboard/static, so its page
+    # runs against this API at /static/index.html. Unset: /static/ serves nothing.
+    original_dashboard_dir: Path | None = None
     # The sweep (every sweep_every_s) re-sends the current step of a running job that has shown
     # no progress for stall_resend_s (its task was lost with a worker), and fails the job after
     # stall_timeout_s without progress.

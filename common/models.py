@@ -73,6 +73,8 @@ class Job(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
     log: Mapped[str] = mapped_column(Text, default="")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Submitted through the original tool's POST /api/run: answered in the original's words.
+    original_route: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # Every Celery task sent for the job, as {"id", "queue"}: cancel revokes them all.
     task_ids: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     stage_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

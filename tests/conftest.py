@@ -47,6 +47,9 @@ def fake_naver(scenario: Scenario) -> Iterator[FakeNaver]:
         yield naver
 
 
+ORIGINAL_PAGE = Path(__file__).resolve().parent / "original_page"
+
+
 def service_settings(tiny_clip: Path, fake_naver: FakeNaver) -> dict[str, object]:
     """What the service's workers and `cvdb build` both run with in the service tests."""
     # A lost task is re-sent after 8 s without progress (180 s by default): the tests kill workers.
@@ -59,7 +62,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, fake_nave
     """The whole service as real processes: API, two CPU workers, the GPU worker, beat, Flower."""
     from service_harness import Service
 
-    running = Service(tmp_path_factory.mktemp("service"), service_settings(tiny_clip, fake_naver))
+    # /static/ serves a stand-in for the original tool's dashboard (test_original_dashboard).
+    settings = {**service_settings(tiny_clip, fake_naver), "original_dashboard_dir": ORIGINAL_PAGE}
+    running = Service(tmp_path_factory.mktemp("service"), settings)
     try:
         yield running.start()
     finally:

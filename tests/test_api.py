@@ -67,10 +67,10 @@ def app_job_task_ids(client: FlaskClient, job_id: str) -> list[dict[str, str]]:
         return list(job.task_ids)
 
 
-def finished_job(app: Flask, status: str = "done", output: str | None = None) -> str:
+def finished_job(app: Flask, status: str = "done", output: str | None = None, original_route: bool = False) -> str:
     with app.app_context():
         job = Job(query="cat", request_limit=5, out_dir=output or f"out-{uuid.uuid4().hex[:6]}", source="naver",
-                  status=status, options={}, log="", task_ids=[])
+                  status=status, options={}, log="", task_ids=[], original_route=original_route)
         db.session.add(job)
         db.session.commit()
         return job.id
@@ -99,10 +99,63 @@ def test_submit_answers_202_with_links_and_queues_the_search(client: FlaskClient
     assert task_ids and task_ids <= waiting_task_ids(backing[2])  # the sweep sees it as waiting, not lost
 
 
-def test_the_original_dashboards_run_route_still_works(client: FlaskClient) -> None:
-    response = client.post("/api/run", json={"query": "cat", "limit": 3, "out_dir": "cats-original"})
+def test_the_original_run_call_gets_a_folder_of_its_own_and_a_job_id(client: FlaskClient) -> None:
+    # The original page's own body: its default out_dir is data/naver_collected, a path under its data folder.
+    response = client.post("/api/run", json={"query": "cat", "limit": 3, "out_dir": "data/naver_collected"})
     assert response.status_code == 202
-    assert client.get(response.get_json()["links"]["self"]).get_json()["output"] == "cats-original"
+    body = response.get_json()
+    assert body["job_id"] == body["id"] and body["status"] == "running"
+    job = client.get(f"/api/jobs/{body['job_id']}").get_json()
+    assert job["out_dir"] == job["output"] == f"naver_collected-{body['id'][:8]}"
+    # queued, but the original knew only running/done/failed/cancelled and polls while it is `running`
+    assert job["status"] == "running" and job["stage"] is None and not job["final"]
+    assert job["limit"] == 3 and job["started_at"] is None and "queued:" in job["log"]
+
+
+@pytest.mark.parametrize("out_dir, output", [
+    ("data/naver_collected/my-run", "naver_collected-my-run"),
+    ("data/naver_collected/", "naver_collected"),
+    ("data\\win\\run", "win-run"),
+    ("./data/./x", "x"),
+    ("cats-original", "cats-original"),
+    ("other/place", "other-place"),
+])
+def test_original_out_dirs_map_inside_the_data_folder(client: FlaskClient, out_dir: str, output: str) -> None:
+    body = client.post("/api/run", json={"query": "cat", "limit": 3, "out_dir": out_dir}).get_json()
+    assert client.get(f"/api/jobs/{body['job_id']}").get_json()["output"] == f"{output}-{body['id'][:8]}"
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"query": "cat", "out_dir": "../../etc"}, ["out_dir", "'..'"]),
+    ({"query": "cat", "out_dir": "/etc/cron.d"}, ["out_dir", "absolute"]),
+    ({"query": "cat", "out_dir": "C:\\Users\\x"}, ["out_dir", "absolute"]),
+    ({"query": "cat", "out_dir": "data/.hidden"}, ["out_dir", ".hidden"]),
+    ({"query": "cat", "out_dir": "data/" + "x" * 70}, ["out_dir", "too long"]),
+    ({"query": "cat", "out_dir": 5}, ["out_dir", "folder path"]),
+    ({"query": "cat", "out_dir": "a", "output": "b"}, ["not both"]),
+    ({"query": "", "out_dir": "data/naver_collected"}, ["query"]),
+    ({"query": "cat", "limit": 0}, ["limit"]),
+])
+def test_the_original_run_call_refuses_with_a_readable_detail(client: FlaskClient, body: dict[str, Any],
+                                                              words: list[str]) -> None:
+    response = client.post("/api/run", json=body)
+    assert response.status_code == 422
+    answer = response.get_json()
+    # The original's page shows `detail` as a string; the field list stays under `errors`.
+    assert isinstance(answer["detail"], str) and all(w in answer["detail"] for w in words), answer
+    assert answer["errors"] and all(set(e) == {"field", "message"} for e in answer["errors"])
+
+
+def test_an_original_job_reads_running_while_it_is_cancelled(client: FlaskClient) -> None:
+    job_id = client.post("/api/run", json={"query": "cat", "out_dir": "data/c"}).get_json()["job_id"]
+    assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 202
+    job = client.get(f"/api/jobs/{job_id}").get_json()  # cancelling (no worker here): still `running` to it
+    assert job["status"] == "running" and job["cancel_requested"] and not job["final"]
+    listed = {j["id"]: j for j in client.get("/api/jobs?page=1&per_page=100").get_json()["jobs"]}
+    assert listed[job_id]["status"] == "running" and listed[job_id]["out_dir"] == job["out_dir"]
+    # A job submitted through our own route keeps its exact status.
+    own = client.post("/api/jobs", json={"query": "cat"}).get_json()["id"]
+    assert client.get(f"/api/jobs/{own}").get_json()["status"] == "queued"
 
 
 @pytest.mark.parametrize("body, field", [
@@ -183,6 +236,25 @@ def test_cancel_and_delete_follow_the_job_state(client: FlaskClient, app: Flask,
     queued = client.post("/api/jobs", json={"query": "cat"}).get_json()["id"]
     cancelled = client.post(f"/api/jobs/{queued}/cancel")
     assert cancelled.status_code == 202 and cancelled.get_json()["status"] == "cancelling"
+
+
+def test_an_original_jobs_images_are_listed_by_name_and_its_delete_keeps_them(
+        client: FlaskClient, app: Flask, backing: tuple[Path, str, str]) -> None:
+    done = finished_job(app, output="original-set", original_route=True)
+    folder = backing[0] / "data" / "original-set"
+    folder.mkdir(parents=True)
+    for name in ("img_0001.jpg", "img_0002.jpg"):
+        (folder / name).write_bytes(b"jpeg")
+    (folder / "manifest.jsonl").write_text('{"file": "img_0001.jpg"}\n{"file": "img_0002.jpg"}\n')
+    (folder / ".cvdb-owner").write_text(f"{done}\n")
+    images = client.get(f"/api/jobs/{done}/images").get_json()
+    assert images["files"] == ["img_0001.jpg", "img_0002.jpg"] and images["job_id"] == done
+    assert images["out_dir"] == "original-set" and [i["file"] for i in images["images"]] == images["files"]
+    assert client.get(f"/api/jobs/{done}/images/{images['files'][0]}").data == b"jpeg"
+    # The original's page asks "delete this entry? (saved images are not deleted)": so it is.
+    assert client.delete(f"/api/jobs/{done}").status_code == 204
+    assert client.get(f"/api/jobs/{done}").status_code == 404
+    assert sorted(p.name for p in folder.iterdir()) == [".cvdb-owner", "img_0001.jpg", "img_0002.jpg", "manifest.jsonl"]
 
 
 def test_clear_removes_only_finished_jobs_and_keeps_their_files(client: FlaskClient, app: Flask,

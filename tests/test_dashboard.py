@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +19,11 @@ from service_harness import Service, wait_for
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip(f"the dashboard tests need {CHROMIUM} and {CHROMEDRIVER} (apt install chromium chromium-driver)",
-                allow_module_level=True)
-
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
+from browser_harness import chromium, js, wait  # noqa: E402  (skips the module without Chromium)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "dashboard"
 QUERY = "해바라기"  # the corpus target in Korean: reaches done in seconds
@@ -40,27 +32,9 @@ DESKTOP = (1280, 900)
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
-                "--lang=ko-KR"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=DriverService(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
-    driver.set_script_timeout(20)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    try:
+    with chromium(DESKTOP) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], what: str, timeout_s: float = 30) -> Any:
-    return WebDriverWait(browser, timeout_s, poll_frequency=0.2).until(condition, message=f"waiting for {what}")
-
-
-def js(browser: WebDriver, script: str, *args: Any) -> Any:
-    return browser.execute_script(script, *args)
 
 
 def shot(browser: WebDriver, name: str, full_page: bool = False) -> None:
