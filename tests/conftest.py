@@ -43,10 +43,12 @@ def scenario(image_server: ImageServer) -> Scenario:
 @pytest.fixture(scope="session")
 def fake_naver(scenario: Scenario) -> Iterator[FakeNaver]:
     """A fake Naver whose results are the scenario's pictures (the default `naver` source)."""
-    with FakeNaver(image_urls=scenario.urls) as naver:
+    with FakeNaver(image_urls=scenario.urls, modes={STALLED_QUERY: "stall"}) as naver:
         yield naver
 
 
+# A search for this hangs inside one answer of the fake Naver (test_service: cancel by revoke).
+STALLED_QUERY = "멈춘 검색"
 ORIGINAL_PAGE = Path(__file__).resolve().parent / "original_page"
 
 

@@ -8,9 +8,14 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import time
+
 import flask_migrate
+import numpy as np
 import pytest
+import torch
 from flask import Flask
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from api import create_app
@@ -19,6 +24,10 @@ from common.config import Settings
 from common.db import db
 from common.lifecycle import Stage
 from common.models import Candidate, Job
+from common.pipeline import staging
+from common.pipeline.accept import StagedImage
+from common.pipeline.dedup import Fingerprint
+from common.pipeline.progress import Cancelled
 from service_harness import create_database, drop_database
 from workers import jobstate, stages
 
@@ -37,9 +46,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
 
 
 def make_job(stage: str = "fetch", status: str = "running", chunks: int = 2, **fields: object) -> str:
-    values: dict[str, object] = {"task_ids": [], **fields}
+    values: dict[str, object] = {"task_ids": [], "options": {}, **fields}
     job = Job(query="cat", request_limit=5, out_dir=f"cats-{id(fields)}-{stage}", source="urls", status=status,
-              stage=stage, options={}, log="", fetch_chunks_total=chunks, heartbeat_at=jobstate.now(), **values)
+              stage=stage, log="", fetch_chunks_total=chunks, heartbeat_at=jobstate.now(), **values)
     db.session.add(job)
     db.session.flush()
     for chunk in range(chunks):
@@ -92,6 +101,53 @@ def test_a_task_stops_at_the_cancel_flag_and_the_job_ends_cancelled(app: Flask) 
     job = reload(job_id)
     assert job.status == "cancelled" and job.finished_at is not None
     assert "cancelled" in job.log
+
+
+class CancelledMidway:
+    """A stand-in embedder: after its first batch a cancel arrives the way the API sends one (its own
+    connection), and the batch lasts past JobProgress's re-read interval, so the next check must see it."""
+
+    device, dim = torch.device("cpu"), 4
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id, self.batches = job_id, 0
+
+    def embed_prepared(self, pixels: np.ndarray) -> np.ndarray:
+        self.batches += 1
+        if self.batches == 1:
+            with db.engine.begin() as connection:
+                connection.execute(update(Job).where(Job.id == self.job_id)
+                                   .values(cancel_requested=True, status="cancelling"))
+            time.sleep(0.6)  # past JobProgress.every_s (0.5): the flag is read before the next batch
+        return np.tile(np.eye(1, self.dim, dtype=np.float32), (len(pixels), 1))
+
+    def describe(self) -> dict[str, str]:
+        return {"device": "cpu"}
+
+
+def stage_for_embedding(job_id: str, images: int) -> None:
+    """Put `images` staged pictures in the job's staging folder with their candidate rows fetched."""
+    job = reload(job_id)
+    folder = jobstate.staging_dir(job, jobstate.job_settings(job))
+    rows = db.session.query(Candidate).filter_by(job_id=job_id).order_by(Candidate.rank).all()
+    for i, row in enumerate(rows[:images]):
+        sha = f"{i:016x}" * 4  # staged files are named by the first 16 characters
+        fingerprint = Fingerprint(sha, i, np.zeros((8, 8), np.uint8), np.zeros((4, 4, 3), np.float32))
+        staging.save(StagedImage(row.url, sha, folder / f"{staging.key(sha)}.jpg", 64, 64, "jpeg", {}, fingerprint,
+                                 np.zeros((3, 8, 8), np.float32)))
+        row.fetched, row.sha256 = True, sha
+    db.session.commit()
+
+
+def test_embedding_stops_at_a_cancel_that_arrives_between_batches(app: Flask) -> None:
+    job_id = make_job(stage="embed", chunks=3, options={"batch_size": 2})
+    stage_for_embedding(job_id, 9)  # five batches of at most two
+    embedder = CancelledMidway(job_id)
+    with pytest.raises(Cancelled):
+        stages.run_embed(job_id, embedder)  # type: ignore[arg-type]
+    assert embedder.batches == 1
+    folder = jobstate.staging_dir(reload(job_id), Settings(data_root=app.config["CVDB_SETTINGS"].data_root))
+    assert len(list(folder.glob("*.clip.npy"))) == 2  # the first batch only
 
 
 def test_progress_sees_a_cancel_made_by_another_connection(app: Flask) -> None:

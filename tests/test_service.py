@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import requests
 
+from common.config import Settings
 from common.devkit import corpus
 from common.devkit.fake_naver import FakeNaver
 from common.devkit.image_server import ImageServer
 from common.devkit.scenario import Scenario
-from conftest import service_settings
+from conftest import STALLED_QUERY, service_settings
 from service_harness import CVDB, Service, wait_for
 
 pytestmark = pytest.mark.slow
@@ -151,6 +152,48 @@ def test_a_killed_worker_process_does_not_lose_or_duplicate_work(service: Servic
     rows = [json.loads(line) for line in (service.data_root / "killed" / "manifest.jsonl").read_text().splitlines()]
     assert len({r["source_sha256"] for r in rows}) == len(rows) == job["count"]
     assert len(list((service.data_root / "killed").glob("img_*.jpg"))) == len(rows)
+
+
+def test_cancel_interrupts_a_running_task_that_reads_no_cancel_flag(service: Service, fake_naver: FakeNaver) -> None:
+    """A search hung inside one answer of Naver checks no flag: only the revoke's SIGUSR1 stops it
+    (the answer would run to the 30 s total timeout, then be retried)."""
+    job_id = service.submit(query=STALLED_QUERY, limit=10, output="cancel-hung-search")
+
+    def searching() -> list[dict[str, Any]]:
+        return [t for t in service.active_tasks() if t["name"] == "workers.tasks.search" and job_id in t["args"]]
+
+    wait_for(searching, 60, "the search to start")
+    wait_for(lambda: any(h.query.get("query") == STALLED_QUERY for h in fake_naver.hits), 30, "the search to hang")
+    assert service.api("POST", f"/api/jobs/{job_id}/cancel").status_code == 202
+    wait_for(lambda: not searching(), 20, "the revoke to interrupt the hung search")
+    job = service.wait_status(job_id, {"cancelled"}, timeout_s=10)
+    assert job["stage"] == "search" and job["progress"]["candidates"] == 0
+    assert not (service.data_root / "cancel-hung-search" / "manifest.jsonl").exists()
+
+
+def test_a_chunk_that_kills_its_worker_every_time_is_given_up_and_the_job_finishes(
+        service: Service, scenario: Scenario, image_server: ImageServer) -> None:
+    limit = Settings().max_chunk_attempts  # the service runs with the default
+    chunk_size = int(service.env["CVDB_FETCH_CHUNK_SIZE"])
+    # Chunk 0 holds only slow URLs, so it is still running whenever the test looks for it.
+    doomed = slow_urls(image_server, chunk_size, 30, "doomed")
+    job_id = service.submit(query=corpus.TARGET, limit=100, source="urls", urls=doomed + list(scenario.urls),
+                            output="given-up")
+
+    def chunk_zero() -> list[dict[str, Any]]:
+        return [t for t in service.active_tasks() if t["name"] == "workers.tasks.fetch_chunk" and t["args"] == [job_id, 0]]
+
+    for _ in range(limit):  # the test plays a picture that crashes whichever worker fetches it
+        pid = int(wait_for(chunk_zero, 60, "chunk 0 to run")[0]["worker_pid"])
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not any(int(t["worker_pid"]) == pid for t in chunk_zero()), 30, "the killed process to go")
+    job = service.wait_status(job_id, {"done", "failed", "cancelled"})
+    assert job["status"] == "done", job["error"]
+    assert job["drop_counts"].get("worker_lost") == chunk_size and job["count"] > 0
+    log = service.api("GET", f"/api/jobs/{job_id}/log").json()["log"]
+    assert f"chunk 0 given up after {limit} attempts" in log
+    outcomes = {o["url"]: o for o in json.loads((service.data_root / "given-up" / "report.json").read_text())["outcomes"]}
+    assert {outcomes[url]["reason"] for url in doomed} == {"worker_lost"}
 
 
 def test_flower_needs_its_password_and_shows_both_queues(service: Service) -> None:

@@ -23,6 +23,7 @@ correct source returns. Behaviour is chosen per instance (`mode=`) or per query 
 - bad_html / bad_truncated / bad_types: HTML where JSON is expected, JSON cut in half, wrong
   types; for the page's object, the XHR pages and the Open API alike;
 - bad_xhr: the page is fine, every XHR page is HTML; huge: 11 MiB answers;
+- stall: the page answers its headers, then a byte a second for ten minutes (a search that hangs);
 - se99 / api_forbidden: the Open API answers 500 SE99 / 403.
 
 Everything is synthetic; field and class names follow the real site.
@@ -49,7 +50,7 @@ from PIL import Image
 
 MODES = (
     "normal", "empty", "blocked", "ratelimit", "changed", "bad_html", "bad_truncated",
-    "bad_types", "bad_xhr", "adult", "huge", "se99", "api_forbidden",
+    "bad_types", "bad_xhr", "adult", "huge", "se99", "api_forbidden", "stall",
 )
 XHR_STYLES = ("json", "jsonp", "wrapped", "legacy")
 MARKERS = ("2026", "2024")
@@ -137,6 +138,7 @@ class FakeNaver:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self._closing = threading.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -154,6 +156,7 @@ class FakeNaver:
         self.stop()
 
     def start(self) -> None:
+        self._closing.clear()
         started = threading.Event()
         failure: list[BaseException] = []
 
@@ -187,6 +190,7 @@ class FakeNaver:
         self._items = None  # a restart gets a new port, and every URL names it
 
     def stop(self) -> None:
+        self._closing.set()  # hung answers end, so the server's cleanup does not wait for them
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
@@ -294,7 +298,23 @@ class FakeNaver:
             return web.Response(status=403, text=captcha_page(), content_type="text/html")
         if mode == "huge":
             return await huge_body(request, "text/html")
+        if mode == "stall":
+            return await self._trickle(request)
         return web.Response(text=self._page_html(query, mode), content_type="text/html")
+
+    async def _trickle(self, request: web.Request) -> web.StreamResponse:
+        """Headers at once, then a space a second: no read timeout fires, only a total one."""
+        response = web.StreamResponse(headers={"Content-Type": "text/html"})
+        await response.prepare(request)
+        try:
+            for _ in range(600):
+                if self._closing.is_set():
+                    break
+                await response.write(b" ")
+                await asyncio.sleep(1)
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client went away
+        return response
 
     def _page_html(self, query: str, mode: str) -> str:
         shown = [] if mode in ("empty", "adult") else self.items()[: self.page_size]
