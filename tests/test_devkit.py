@@ -182,6 +182,9 @@ def test_training_is_deterministic_and_saves_a_loadable_model(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------- the trained model's quality bar
+# The bands hold for training seeds 0, 1 and 2 with room to spare (measured once): ARI 1.0 (>= 0.8);
+# within-class median 0.93-0.94, between-class median -0.14 to -0.06; text finds 5/5 classes in both
+# languages; re-uploads >= 0.965 (>= 0.95); the shifted model's own-class means 0.25-0.31 (0.22-0.38).
 
 
 @pytest.fixture(scope="session")
