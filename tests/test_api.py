@@ -5,10 +5,12 @@ No worker runs here: submitted jobs wait in this test's own Redis db, which is e
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import flask_migrate
 import pytest
@@ -18,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 
-from api import create_app
+from api import create_app, signing
 from common.config import Settings
 from common.db import db
 from common.models import Job
@@ -331,6 +333,49 @@ def test_signed_links_open_result_files_without_the_token(backing: tuple[Path, s
     assert_error(client.get(f"{path}?{query.replace('sig=', 'sig=0')}"), 401)  # tampered
     assert_error(client.get(f"{path}?exp=1&{query.split('&')[1]}"), 401)  # expired
     assert_error(client.get(f"/api/jobs/{job_id}/log?{query}"), 401)  # never for other routes
+    with app.app_context():
+        db.engine.dispose()
+
+
+def _result_folder(app: Flask, backing: tuple[Path, str, str], output: str) -> str:
+    """A finished job whose folder holds one image, a report and a manifest."""
+    job_id = finished_job(app, output=output)
+    folder = backing[0] / "data" / output
+    folder.mkdir(parents=True)
+    (folder / "img_0001.jpg").write_bytes(b"\xff\xd8jpeg")
+    (folder / "report.json").write_text("{}")
+    (folder / "manifest.jsonl").write_text('{"file": "img_0001.jpg"}\n')
+    return job_id
+
+
+def test_an_expired_link_with_a_valid_signature_is_refused(backing: tuple[Path, str, str]) -> None:
+    """The signature covers `exp`, so only the expiry check itself can refuse this link."""
+    app = make_app(*backing, api_tokens=TOKEN)
+    client = app.test_client()
+    path = f"/api/jobs/{_result_folder(app, backing, 'expired-set')}/images/img_0001.jpg"
+
+    def signed(expires: int) -> str:
+        return f"{path}?exp={expires}&sig={signing._signature(path, expires, [TOKEN])}"
+
+    now = int(time.time())
+    assert client.get(signed(now + 600)).data == b"\xff\xd8jpeg"  # the signature is built the API's way
+    assert_error(client.get(signed(now - 1)), 401)
+    assert_error(client.get(signed(now - 86_400)), 401)
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_a_handed_out_link_lives_one_hour(backing: tuple[Path, str, str]) -> None:
+    app = make_app(*backing, api_tokens=TOKEN)
+    client, auth = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
+    job_id = _result_folder(app, backing, "one-hour-set")
+    before = int(time.time())
+    image_url = client.get(f"/api/jobs/{job_id}/images", headers=auth).get_json()["images"][0]["url"]
+    links = client.get(f"/api/jobs/{job_id}", headers=auth).get_json()["links"]
+    after = int(time.time())
+    for url in (image_url, links["archive"], links["manifest"]):
+        expires = int(parse_qs(urlsplit(url).query)["exp"][0])
+        assert before + 3600 <= expires <= after + 3600, url
     with app.app_context():
         db.engine.dispose()
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from common.config import Settings
 from common.devkit import planted
 from common.pipeline import quality
-from common.pipeline.accept import Rejected, StagedImage, stage_download
+from common.pipeline.accept import Rejected, StagedImage, check_download, stage_download
 from common.pipeline.decode import DecodeError, decode_image
 
 SETTINGS = Settings()
@@ -59,10 +61,64 @@ def test_cmyk_jpeg_comes_out_with_the_right_colours() -> None:
     assert _difference(decoded, source) < 0.5 * _difference(decoded, Image.eval(source, lambda v: 255 - v))
 
 
-def test_bomb_is_refused_from_its_header_without_decoding() -> None:
+def test_a_bomb_past_pillows_own_guard_is_refused_too() -> None:
+    """10^10 pixels trip Pillow's MAX_IMAGE_PIXELS guard before the product's caps: same reason."""
     with pytest.raises(DecodeError) as caught:
         decode_image(planted.decompression_bomb_png(), max_pixels=40_000_000)
     assert caught.value.reason == "decompression_bomb"
+
+
+def _solid_png(width: int, height: int) -> bytes:
+    """A real, complete one-bit PNG of that size: a few kilobytes, whatever the size."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height), 1).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def pixel_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of every image whose pixels get decoded (Pillow's ImageFile.load)."""
+    loads: list[tuple[int, int]] = []
+    original = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> Any:
+        loads.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return loads
+
+
+# Just past the product's own caps (40 MP, 12,000 px a side) and far below Pillow's bomb guard
+# (MAX_IMAGE_PIXELS, ~89 MP), so only the product's check can refuse them.
+JUST_PAST_THE_CAPS = [(6_400, 6_251), (SETTINGS.max_side + 1, 1), (1, SETTINGS.max_side + 1)]
+JUST_WITHIN_THE_CAPS = [(6_400, 6_250), (SETTINGS.max_side, 1), (1, SETTINGS.max_side)]
+
+
+def test_the_caps_are_the_documented_defaults_and_below_pillows_guard() -> None:
+    assert (SETTINGS.max_pixels, SETTINGS.max_side) == (40_000_000, 12_000)
+    assert 6_400 * 6_250 == SETTINGS.max_pixels < Image.MAX_IMAGE_PIXELS
+
+
+@pytest.mark.parametrize(("width", "height"), JUST_PAST_THE_CAPS)
+def test_an_image_just_past_a_cap_is_refused_from_its_header(width: int, height: int,
+                                                             pixel_loads: list[tuple[int, int]]) -> None:
+    data = _solid_png(width, height)
+    with pytest.raises(DecodeError) as caught:
+        decode_image(data, SETTINGS.max_pixels, SETTINGS.max_side)
+    assert caught.value.reason == "decompression_bomb"
+    assert "exceeds the decode limit" in caught.value.detail  # the product's check, not Pillow's
+    rejected = check_download("http://x/big.png", data, SETTINGS)  # the pipeline's path, settings included
+    assert isinstance(rejected, Rejected) and rejected.reason == "decompression_bomb"
+    assert pixel_loads == []
+
+
+@pytest.mark.parametrize(("width", "height"), JUST_WITHIN_THE_CAPS)
+def test_an_image_just_within_the_caps_is_decoded(width: int, height: int,
+                                                  pixel_loads: list[tuple[int, int]]) -> None:
+    decoded = decode_image(_solid_png(width, height), SETTINGS.max_pixels, SETTINGS.max_side)
+    assert decoded.size == (width, height) and decoded.mode == "RGB"
+    assert (width, height) in pixel_loads  # the spy sees real decodes
 
 
 @pytest.mark.parametrize("data", [b"", b"<html>not an image</html>", b"\xff\xd8\xff" + b"\x00" * 50])

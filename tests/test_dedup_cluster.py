@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from common.config import Settings
 from common.devkit import planted
-from common.pipeline import cluster, dedup
+from common.pipeline import cluster, dedup, run_local
+from common.pipeline.accept import StagedImage
+from common.pipeline.collect import Collected
+from common.pipeline.progress import SilentProgress
+from common.pipeline.records import Outcome
 
 
 def _stripes(period: float, angle: float, phase: float, colours: tuple[int, int]) -> Image.Image:
@@ -133,3 +139,42 @@ def test_no_cluster_is_an_explained_outcome() -> None:
     labels = cluster.cluster_labels(vectors, 0.18, 3)
     selection = cluster.choose(cluster.summarise(labels, vectors, vectors[0], 100.0), "query", 100.0)
     assert selection.chosen is None and "no cluster" in selection.reason
+
+
+class _QueryEmbedder:
+    """All `_select` asks of an embedder: a fixed vector for the query's prompt."""
+
+    dim = 16
+    logit_scale = 100.0
+
+    def __init__(self, query: np.ndarray) -> None:
+        self.query = query
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self.query for _ in texts])
+
+
+def test_a_cluster_over_the_limit_keeps_its_best_matches_and_drops_the_rest_as_over_limit(tmp_path: Path) -> None:
+    """Six distinct pictures in one group, limit 3: the three closest to the query stay, whatever their order."""
+    axes = np.eye(16, dtype=np.float32)
+    pull = [0.0, 0.5, 0.1, 0.4, 0.2, 0.3]  # how far the query leans towards each member
+    vectors = np.stack([axes[0] + 0.4 * axes[i + 1] for i in range(6)] + [axes[15]])  # the last one is alone
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    query = axes[0] + sum(w * axes[i + 1] for i, w in enumerate(pull))
+    staged = [StagedImage(url=f"http://x/{i}.jpg", source_sha256=f"{i:064x}", path=tmp_path / f"{i}.jpg", width=480,
+                          height=360, image_format="jpeg", scores={"sharpness": 500.0},
+                          fingerprint=dedup.fingerprint(PATTERNS[i])) for i in range(7)]
+    collected = Collected(staged=staged, embeddings=[vectors], outcomes={s.url: Outcome(s.url) for s in staged})
+    embedder = _QueryEmbedder(query / np.linalg.norm(query))
+    kept, selection, sims = run_local._select("q", 3, collected, Settings(), embedder,  # type: ignore[arg-type]
+                                              SilentProgress(), {})
+    assert selection.chosen is not None and selection.chosen.size == 6
+    assert [image.url for image in kept] == ["http://x/1.jpg", "http://x/3.jpg", "http://x/5.jpg"]  # best first
+    assert sims["http://x/1.jpg"] > sims["http://x/3.jpg"] > sims["http://x/5.jpg"] > sims["http://x/4.jpg"]
+    outcomes = {url: (o.status, o.reason) for url, o in collected.outcomes.items()}
+    assert outcomes == {
+        "http://x/0.jpg": ("dropped", "over_limit"), "http://x/1.jpg": ("kept", None),
+        "http://x/2.jpg": ("dropped", "over_limit"), "http://x/3.jpg": ("kept", None),
+        "http://x/4.jpg": ("dropped", "over_limit"), "http://x/5.jpg": ("kept", None),
+        "http://x/6.jpg": ("dropped", "no_cluster"),
+    }

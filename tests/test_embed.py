@@ -13,7 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from common.devkit import corpus
 from common.devkit.tiny_clip import build_tokenizer
-from common.pipeline.embed import ClipEmbedder, ModelLoadError
+from common.pipeline.embed import ClipEmbedder, ModelLoadError, pick_device
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,21 @@ def test_text_vectors_match_their_pictures(embedder: ClipEmbedder) -> None:
 
 
 def test_describe_names_model_device_and_scale(embedder: ClipEmbedder, tiny_clip: Path) -> None:
+    """`auto` is CUDA (in fp16) where torch sees a GPU, else the CPU (in fp32): right on either machine."""
+    on_gpu = torch.cuda.is_available()
     info = embedder.describe()
-    assert info["model"] == str(tiny_clip) and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["model"] == str(tiny_clip)
+    assert (info["device"], info["dtype"]) == (("cuda", "float16") if on_gpu else ("cpu", "float32"))
     assert info["logit_scale"] == pytest.approx(embedder.logit_scale, rel=1e-3) and embedder.logit_scale > 1
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(True, "cuda"), (False, "cpu")])
+def test_auto_means_cuda_when_torch_sees_one_else_the_cpu(cuda: bool, expected: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert pick_device("auto") == torch.device(expected)
+    assert pick_device("cpu") == torch.device("cpu")  # a named device is taken as given
+    assert pick_device("cuda:1") == torch.device("cuda:1")
 
 
 def test_a_model_that_cannot_load_says_what_to_do(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_foreign_files_are_never_deleted(tmp_path: Path) -> None:
     assert (out / "thesis.docx").read_text() == "precious"
 
 
-def test_dataset_is_written_with_the_manifest_last(tmp_path: Path) -> None:
+def test_a_dataset_holds_its_images_report_and_manifest(tmp_path: Path) -> None:
     out = tmp_path / "set"
     export.prepare_output(out, overwrite=False, owner=export.LOCAL_OWNER)
     staged = []
@@ -65,8 +65,70 @@ def test_dataset_is_written_with_the_manifest_last(tmp_path: Path) -> None:
     names = sorted(os.listdir(out))
     assert names == [export.OWNER, "img_0001.jpg", "img_0002.jpg", "manifest.jsonl", "report.json"]
     assert [json.loads(line)["file"] for line in (out / export.MANIFEST).read_text().splitlines()] == ["img_0001.jpg", "img_0002.jpg"]
-    manifest_time = (out / export.MANIFEST).stat().st_mtime_ns
-    assert all((out / n).stat().st_mtime_ns <= manifest_time for n in names)
+
+
+def _stage(out: Path, count: int, tag: bytes) -> tuple[list[Path], list[dict[str, str]]]:
+    """`count` staged files in the folder's real staging area, and their manifest rows."""
+    staging = export.make_staging(out)
+    staged = []
+    for i in range(count):
+        path = staging / f"{tag.decode()}{i}.jpg"
+        path.write_bytes(tag + b"%d" % i)
+        staged.append(path)
+    return staged, [{"file": export.file_name(i + 1), "query": "q"} for i in range(count)]
+
+
+def _record_renames(monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) -> list[str]:
+    """Destination names of every os.replace export makes, in order; the one named `fail_on` raises."""
+    moved: list[str] = []
+    original = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        name = Path(dst).name
+        if name == fail_on:
+            raise OSError(f"disk fell off while moving {name}")
+        original(src, dst)
+        moved.append(name)
+
+    monkeypatch.setattr(export.os, "replace", spy)
+    return moved
+
+
+def test_every_image_and_the_report_are_renamed_into_place_before_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Renames keep mtimes, so the order is proven by the renames themselves."""
+    out = tmp_path / "set"
+    export.prepare_output(out, overwrite=False, owner=export.LOCAL_OWNER)
+    staged, rows = _stage(out, 3, b"new")
+    moved = _record_renames(monkeypatch)
+    export.write_dataset(out, staged, rows, {"status": "done"})
+    assert moved[-1] == export.MANIFEST and moved.count(export.MANIFEST) == 1
+    assert set(moved[:-1]) == {export.REPORT, "img_0001.jpg", "img_0002.jpg", "img_0003.jpg"}
+
+
+def test_an_export_that_crashes_midway_leaves_no_manifest_and_the_next_one_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "set"
+    export.prepare_output(out, overwrite=False, owner=export.LOCAL_OWNER)
+    staged, rows = _stage(out, 3, b"old")
+    with monkeypatch.context() as patch:
+        moved = _record_renames(patch, fail_on="img_0003.jpg")
+        with pytest.raises(OSError, match="disk fell off"):
+            export.write_dataset(out, staged, rows, {"status": "done"})
+    export.remove_staging(out)  # what the runner's `finally` does
+    assert not (out / export.MANIFEST).exists()
+    assert moved == [export.REPORT, "img_0001.jpg", "img_0002.jpg"]  # it did crash midway
+
+    export.prepare_output(out, overwrite=True, owner=export.LOCAL_OWNER)  # `cvdb build --overwrite`
+    staged, rows = _stage(out, 1, b"new")
+    export.write_dataset(out, staged, rows, {"status": "done"})
+    export.remove_staging(out)
+    assert sorted(os.listdir(out)) == [export.OWNER, "img_0001.jpg", export.MANIFEST, export.REPORT]
+    assert (out / "img_0001.jpg").read_bytes() == b"new0"  # the half-written img_0002.jpg is gone
+    assert [row["file"] for row in export.manifest_rows(out)] == ["img_0001.jpg"]
+    assert json.loads((out / export.REPORT).read_text())["files"] == ["img_0001.jpg"]
 
 
 def test_failed_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:

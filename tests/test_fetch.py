@@ -6,14 +6,19 @@ Assertions are on outcomes and request counts, never on how long something took.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import email.utils
 import io
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from common.config import Settings
@@ -176,14 +181,93 @@ def test_a_url_given_twice_is_fetched_once(server: ImageServer) -> None:
     assert server.hits["/twice.jpg"] == 1
 
 
-@pytest.mark.parametrize(("limits", "most"), [({"concurrency": 2}, 2),
-                                               ({"concurrency": 10, "per_host_concurrency": 2}, 2)])
-def test_requests_in_flight_are_bounded(server: ImageServer, limits: dict[str, int], most: int) -> None:
-    urls = [server.url(f"/slow/0.2?n={i}") for i in range(6)]
-    downloads = fetch_all(urls, settings(**limits))
-    assert all(d.ok for d in downloads) and len(downloads) == 6
-    assert server.hits["/slow/0.2"] == 6
-    assert 1 <= server.max_in_flight <= most
+class Gate:
+    """Holds every /gate request, on any server, until the limit under test is full and has stayed
+    full for HOLD_S (time for a client that ignores its limit to send more), or until it is passed;
+    then opens for good. It counts requests in its handlers, exactly, per host (server port) and in all."""
+
+    HOLD_S = 1.0
+    REACH_TIMEOUT_S = 10.0  # a limit never reached opens the gate too, and the test then fails
+
+    def __init__(self, hosts: int, total: int | None = None, per_host: int | None = None) -> None:
+        self.hosts, self.total, self.per_host = hosts, total, per_host
+        self.active: collections.Counter[int] = collections.Counter()
+        self.most_per_host: collections.Counter[int] = collections.Counter()
+        self.most_total = 0
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+        self._full_since: float | None = None
+
+    def _full(self) -> bool:
+        total_full = self.total is None or sum(self.active.values()) >= self.total
+        host_full = self.per_host is None or sum(n >= self.per_host for n in self.active.values()) == self.hosts
+        return total_full and host_full
+
+    def _passed(self) -> bool:
+        over_total = self.total is not None and sum(self.active.values()) > self.total
+        return over_total or (self.per_host is not None and any(n > self.per_host for n in self.active.values()))
+
+    async def hold(self, port: int) -> None:
+        with self._lock:
+            self.active[port] += 1
+            self.most_per_host[port] = max(self.most_per_host[port], self.active[port])
+            self.most_total = max(self.most_total, sum(self.active.values()))
+        try:
+            deadline = time.monotonic() + self.REACH_TIMEOUT_S
+            while not self.opened.is_set():
+                with self._lock:
+                    now = time.monotonic()
+                    if self._full():
+                        self._full_since = self._full_since or now
+                    if self._passed() or now > deadline or (self._full_since and now - self._full_since >= self.HOLD_S):
+                        self.opened.set()
+                await asyncio.sleep(0.005)
+        finally:
+            with self._lock:
+                self.active[port] -= 1
+
+
+class GatedServer(ImageServer):
+    """The devkit image server plus one route, /gate: a small JPEG once the shared Gate opens."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def _app(self) -> web.Application:
+        app = super()._app()
+        app.router.add_get("/gate", self._gated)
+        return app
+
+    async def _gated(self, request: web.Request) -> web.StreamResponse:
+        await self.gate.hold(self.port)
+        return web.Response(body=small_jpeg(), content_type="image/jpeg")
+
+
+def _fetch_through(gate: Gate, per_server: int, **limits: int) -> list[int]:
+    """Fetch `per_server` gated URLs from each of `gate.hosts` servers (each port a host); their ports."""
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(GatedServer(gate)) for _ in range(gate.hosts)]
+        urls = [server.url(f"/gate?n={i}") for i in range(per_server) for server in servers]
+        # Held requests must not time out: the client waits longer than the gate ever holds them.
+        downloads = fetch_all(urls, settings(read_timeout_s=30, total_timeout_s=40, **limits))
+        assert len(downloads) == len(urls) and all(d.ok for d in downloads), [d.reason for d in downloads]
+        assert sum(server.hits["/gate"] for server in servers) == len(urls)
+        return [server.port for server in servers]
+
+
+def test_the_global_limit_is_reached_and_never_passed() -> None:
+    gate = Gate(hosts=3, total=4)
+    ports = _fetch_through(gate, per_server=4, concurrency=4, per_host_concurrency=8)
+    assert gate.most_total == 4
+    assert all(gate.most_per_host[port] >= 1 for port in ports)
+
+
+def test_the_per_host_limit_is_reached_on_every_host_and_never_passed() -> None:
+    gate = Gate(hosts=3, per_host=2)
+    ports = _fetch_through(gate, per_server=4, concurrency=32, per_host_concurrency=2)
+    assert {port: gate.most_per_host[port] for port in ports} == dict.fromkeys(ports, 2)
+    assert gate.most_total == 6
 
 
 def test_the_input_is_consumed_lazily(server: ImageServer) -> None:

@@ -159,6 +159,39 @@ def test_a_redirect_to_the_metadata_service_is_refused(server: ImageServer, conn
     assert all(address[0] == "127.0.0.1" for address in connects)
 
 
+def test_strict_mode_refuses_a_redirect_from_an_allowed_host_to_a_private_address(
+    server: ImageServer, connects: list[Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Default (strict) mode, with only the test server's 127.0.0.1 counted as public: its 302 to
+    10.0.0.1 is refused at that hop, before any connection there, while a 302 back to itself is followed."""
+    really_public = netsafety.is_public_address
+    monkeypatch.setattr(netsafety, "is_public_address",
+                        lambda ip: str(netsafety.parse_ip(ip)) == "127.0.0.1" or really_public(ip))
+    recording = socket.socket.connect  # the `connects` spy
+
+    def loopback_only(self: socket.socket, address: Any) -> Any:
+        """Should the guard fail, the attempt is recorded but never leaves this machine."""
+        if address[0] != "127.0.0.1":
+            connects.append(address)
+            raise ConnectionRefusedError(f"test: no connection to {address[0]}")
+        return recording(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+    strict = Settings(allowed_ports=(80, 443, server.port), retries=2, retry_backoff_s=0.01,
+                      connect_timeout_s=1, total_timeout_s=3)
+    assert not strict.allow_private_addresses
+    to_private = server.url("/redirect?to=http://10.0.0.1/a.jpg")
+    allowed_image = server.add("/strict-ok.jpg", b"\xff\xd8\xff" + b"\0" * 64)
+    to_itself = server.url(f"/redirect?to={allowed_image}")
+    downloads = {d.url: d for d in fetch_all([to_private, to_itself], strict)}
+    assert downloads[to_itself].ok  # the allowed host, redirects included, really is allowed
+    refused = downloads[to_private]
+    assert (refused.reason, refused.attempts) == ("blocked_address", 1)
+    assert "10.0.0.1 is not a public internet address" in (refused.detail or "")
+    assert server.hits["/redirect"] == 2 and server.hits["/strict-ok.jpg"] == 1
+    assert connects and all(address[0] == "127.0.0.1" for address in connects)
+
+
 def test_a_redirect_to_another_scheme_is_refused(server: ImageServer) -> None:
     [download] = fetch_all([server.url("/redirect?to=file:///etc/passwd")], Settings(allow_private_addresses=True))
     assert download.reason == "invalid_url"
