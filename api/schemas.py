@@ -35,7 +35,7 @@ class JobRequest(BaseModel):
     min_side: int | None = Field(None, ge=32, le=4000, description="Smallest accepted shorter side, pixels.")
     min_sharpness: float | None = Field(None, ge=0, le=10000, description="Smallest accepted Laplacian variance.")
     near_duplicate_cosine: float | None = Field(None, ge=0.5, le=1.0,
-                                                description="CLIP cosine from which two images are copies.")
+                                                description="CLIP cosine from which two images are checked as copies (their pixels must agree).")
 
     @field_validator("query")
     @classmethod

@@ -141,9 +141,15 @@ class Suite:
         blobs = [f.read_bytes() for f in self.files[: self.args.decode_images]]
         stages = self.results["stages"]
         stages["decode_quality"] = decode_rate(blobs, settings, self.args.decode_workers)
-        prepare = self.embedder().prepare
-        stages["decode_quality_clip_prepare"] = decode_rate(blobs[:500], settings, self.args.decode_workers, prepare)
-        stages["decode_steps_ms_per_image"] = step_times(blobs[:50], settings, prepare)
+        embedder = self.embedder()
+        clip = embedder.clip_input
+        stages["decode_quality_clip_prepare"] = decode_rate(blobs[:500], settings, self.args.decode_workers, clip)
+        # As the product runs it: decode worker processes, one and then `decode_workers` of them.
+        for workers in sorted({1, self.args.decode_workers}):
+            stages[f"decode_quality_clip_prepare_processes_{workers}"] = decode_rate(
+                blobs[:500], settings, workers, clip, processes=True)
+        processor = lambda image: embedder.processor(images=image, return_tensors="np")["pixel_values"][0]  # noqa: E731
+        stages["decode_steps_ms_per_image"] = step_times(blobs[:50], settings, clip.prepare, processor)
 
     def embed(self) -> None:
         self.results["stages"]["embed"] = embed_rates(self.embedder(), self.pool(), ints(self.args.batch_sizes),
@@ -223,6 +229,13 @@ class Suite:
             "peak_memory_large_over_small": r.get("memory", {}).get("peak_ratio"),
             **service_ratios(r.get("service", {})),
         }
+        processes = [stages.get(f"decode_quality_clip_prepare_processes_{n}", {}).get("images_per_s")
+                     for n in sorted({1, self.args.decode_workers})]
+        out["decode_processes_n_over_1"] = ratio(processes[-1], processes[0]) if len(processes) == 2 else None
+        steps = stages.get("decode_steps_ms_per_image", {})
+        out["clip_prepare_pillow_over_processor_ms"] = ratio(steps.get("clip_prepare"),
+                                                             steps.get("clip_prepare_by_processor"))
+        out["per_image_cpu_ms"] = steps.get("total")
         for size, row in embed.items():
             out[f"embed_batch_{size}_over_batch_1"] = ratio(row["images_per_s"], embed.get("1", {}).get("images_per_s"))
         delayed = stages.get(f"download_delay_{self.args.delay:g}", {})

@@ -1,4 +1,4 @@
-"""The three targets, read from one run's results as within-run ratios, and their verdict lines."""
+"""The targets, read from one run's results as within-run ratios, and their verdict lines."""
 
 from __future__ import annotations
 
@@ -36,4 +36,8 @@ def verdicts(ratios: dict[str, Any]) -> list[Verdict]:
                 "our download+decode/quality images/s over img2dataset's, same URLs and delay"),
         Verdict("peak_memory_large_over_small", ratios.get("peak_memory_large_over_small"), "<=", 1.2,
                 "peak RSS of collect() over the larger candidate count over the smaller one"),
+        Verdict("decode_processes_n_over_1", ratios.get("decode_processes_n_over_1"), ">=", 1.8,
+                "decode/check/CLIP-input images/s with --decode-workers worker processes over one"),
+        Verdict("per_image_cpu_ms", ratios.get("per_image_cpu_ms"), "<=", 8.0,
+                "ms of CPU per image for every per-image step, single-threaded, on the bench corpus"),
     ]

@@ -9,10 +9,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, cast
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from common.pipeline.embed import ClipEmbedder
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -61,7 +64,7 @@ def build(
     min_samples: Annotated[Optional[int], Opt(help="DBSCAN core size (3 as the original).")] = None,
     min_side: Annotated[Optional[int], Opt(help="Drop images whose shorter side is below this many pixels.")] = None,
     min_sharpness: Annotated[Optional[float], Opt(help="Drop images whose Laplacian variance (at 512 px) is below this.")] = None,
-    near_duplicate_cosine: Annotated[Optional[float], Opt(help="CLIP cosine at or above which two images count as copies.")] = None,
+    near_duplicate_cosine: Annotated[Optional[float], Opt(help="CLIP cosine at or above which two images are checked as copies (their thumbnail pixels must agree).")] = None,
     allow_private_addresses: Annotated[Optional[bool], Opt("--allow-private-addresses", help="Allow downloads from private and loopback addresses (off: they are refused).")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a dataset already in the output folder.")] = False,
 ) -> None:
@@ -79,21 +82,23 @@ def build(
 
 def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: str | None, overwrite: bool) -> None:
     from common.console import RichProgress, print_summary
-    from common.pipeline.embed import ClipEmbedder, ModelLoadError
+    from common.pipeline.clip_input import ModelLoadError
     from common.pipeline.export import OutputError
-    from common.pipeline.run_local import BuildError, build as build_dataset, candidate_budget
+    from common.pipeline.model_loader import LoadingEmbedder
+    from common.pipeline.run_local import BuildError, candidate_budget
+    from common.pipeline.run_local import build as build_dataset
     from common.pipeline.sources import SourceError, search
 
     try:
+        # The model loads while the search and the first downloads run; the first batch waits for it.
+        embedder = LoadingEmbedder(settings.model, settings.device, settings.text_model)
         with err.status(f"Searching {settings.source} for {query!r} ..."):
             found = search(query, candidate_budget(limit, settings), settings, urls_file=urls_file)
         err.print(f"{len(found.candidates)} candidates from {found.served_by}")
-        with err.status(f"Loading CLIP model {settings.model} ..."):
-            embedder = ClipEmbedder(settings.model, settings.device, settings.text_model)
         source = {"served_by": found.served_by, "attempts": found.attempts}
         with RichProgress(err) as progress:
-            result = build_dataset(query, found.candidates, limit, out_dir, settings, embedder, progress,
-                                   overwrite, source)
+            result = build_dataset(query, found.candidates, limit, out_dir, settings,
+                                   cast("ClipEmbedder", embedder), progress, overwrite, source)
     except (SourceError, ModelLoadError, OutputError) as exc:
         fail(str(exc))
     except BuildError as exc:

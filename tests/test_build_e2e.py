@@ -164,6 +164,25 @@ def test_nothing_kept_exits_non_zero_and_says_why(tiny_clip: Path, image_server:
     assert run.report["status"] == "failed"
 
 
+def test_a_build_imports_nothing_of_the_service(tiny_clip: Path, scenario: Scenario, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cvdb build` runs in one process: Celery, Flask and SQLAlchemy are never imported (start-up)."""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # every import is listed on stderr
+    run = cvdb_build(tmp_path, tiny_clip, scenario.urls[:30], "--limit", "5")
+    assert run.code == 0, run.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in run.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torch" in imported and "aiohttp" in imported  # the listing works
+    assert not imported & {"celery", "flask", "flask_sqlalchemy", "sqlalchemy", "kombu", "redis", "psycopg2"}
+
+
+def test_a_model_that_cannot_load_fails_before_the_search(tiny_clip: Path, image_server: Any, tmp_path: Path) -> None:
+    run = cvdb_build(tmp_path, tiny_clip, [image_server.url("/status/404")], settings={"model": tmp_path / "no-model"})
+    said = " ".join(run.stderr.split())
+    assert run.code == 1 and "could not load CLIP model" in said and "save_pretrained" in said
+    assert "candidates from" not in said  # it said so before searching
+
+
 def test_refuses_an_output_outside_the_data_folder(tiny_clip: Path, scenario: Scenario, tmp_path: Path) -> None:
     run = cvdb_build(tmp_path, tiny_clip, scenario.urls[:3], "--out", "/tmp/elsewhere")
     assert run.code == 2 and "not inside the data folder" in run.stderr

@@ -82,13 +82,17 @@ def test_real_copies_are_found() -> None:
 
 def test_exact_pixels_and_embedding_near_copies() -> None:
     image = planted.photo(32)
-    vectors = np.array([[1, 0, 0], [1, 0, 0], [0.96, 0.28, 0], [0, 1, 0]], np.float32)
-    prints = [dedup.fingerprint(image), dedup.fingerprint(image.copy()),
+    w, h = image.size
+    cropped = image.crop((w // 40, h // 40, w - w // 40, h - h // 40))  # pHash 6 bits away
+    vectors = np.array([[1, 0, 0], [1, 0, 0], [0.96, 0.28, 0], [0.96, -0.28, 0], [0, 1, 0]], np.float32)
+    prints = [dedup.fingerprint(image), dedup.fingerprint(image.copy()), dedup.fingerprint(cropped),
               dedup.fingerprint(planted.photo(33)), dedup.fingerprint(planted.photo(34))]
-    reasons = {(i, j): r for i, j, r in dedup.duplicate_pairs(prints, vectors, 10, 0.9, 0.94)}
+    # pHash distance 0: only the embedding proposes the cropped copy, and its pixels confirm it.
+    reasons = {(i, j): r for i, j, r in dedup.duplicate_pairs(prints, vectors, 0, 0.9, 0.94)}
     assert reasons[(0, 1)] == "duplicate_pixels"
     assert reasons[(0, 2)] == "near_duplicate_embedding"
-    assert (0, 3) not in reasons and (2, 3) not in reasons
+    # Another picture whose embedding is as close is no copy: its pixels disagree.
+    assert (0, 3) not in reasons and (2, 3) not in reasons and (0, 4) not in reasons
 
 
 def test_the_best_copy_is_kept() -> None:
@@ -178,3 +182,31 @@ def test_a_cluster_over_the_limit_keeps_its_best_matches_and_drops_the_rest_as_o
         "http://x/4.jpg": ("dropped", "over_limit"), "http://x/5.jpg": ("kept", None),
         "http://x/6.jpg": ("dropped", "no_cluster"),
     }
+
+
+def test_an_embedding_match_counts_as_a_copy_only_when_the_pixels_agree(tiny_clip: Path) -> None:
+    """Distinct patterned pictures (stripes, checkerboards) sit close in CLIP space: at the default
+    cosine a match on the embedding alone took most of them for copies. Confirmed by the aligned
+    thumbnail correlation and colour layout, as a pHash match is, they survive and real copies do not."""
+    from common.devkit import corpus
+    from common.pipeline.embed import ClipEmbedder
+
+    distinct = [corpus.render(name, corpus.image_rng(21, name, i)) for name in corpus.PATTERNED for i in range(45)]
+
+    def re_upload(image: Image.Image) -> Image.Image:
+        small = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=80)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    copied = [0, 20, 45, 70]
+    pictures = distinct + [re_upload(distinct[k]) for k in copied]
+    vectors = ClipEmbedder(str(tiny_clip), device="cpu").embed_images(pictures)
+    defaults = Settings()
+    pairs = dedup.duplicate_pairs([dedup.fingerprint(p) for p in pictures], vectors, defaults.phash_distance,
+                                  defaults.pixel_confirm_correlation, defaults.near_duplicate_cosine,
+                                  defaults.pixel_confirm_colour_difference)
+    dropped = dedup.choose_keepers(pairs, [(float(p.width * p.height),) for p in pictures])
+    kept_distinct = [i for i in range(len(distinct)) if i not in dropped]
+    assert len(kept_distinct) >= 0.9 * len(distinct), f"{len(kept_distinct)} of {len(distinct)} kept"
+    assert all(len(distinct) + n in dropped for n in range(len(copied)))  # every re-upload goes

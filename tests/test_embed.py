@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -91,3 +93,48 @@ def test_a_text_encoder_of_the_wrong_width_is_refused(tiny_clip: Path, embedder:
     encoder = _sentence_encoder(tmp_path, embedder.dim + 3)
     with pytest.raises(ModelLoadError, match="dimensional vectors"):
         ClipEmbedder(str(tiny_clip), text_model=str(encoder)).embed_texts(["고양이"])
+
+
+SIZES = [(64, 64), (65, 64), (64, 65), (37, 100), (100, 37), (511, 383), (383, 512), (1000, 224), (99, 98)]
+
+
+@pytest.mark.parametrize("processor_of", ["tiny", "vit-b-32"])
+def test_clip_input_is_the_image_processors_output(embedder: ClipEmbedder, processor_of: str) -> None:
+    """ClipInput makes CLIP's input with Pillow and numpy; it must equal the processor's, for the
+    tiny model (64 px) and for ViT-B/32's defaults (224 px), at every aspect and parity."""
+    from transformers import CLIPImageProcessor
+
+    from common.pipeline.clip_input import ClipInput
+
+    processor = embedder.processor.image_processor if processor_of == "tiny" else CLIPImageProcessor()
+    clip_input, rng = ClipInput.of(processor), np.random.default_rng(5)
+    for width, height in SIZES:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        expected = processor(images=image, return_tensors="np")["pixel_values"][0]
+        assert np.abs(clip_input.prepare(image) - expected).max() < 1e-5, (width, height)
+
+
+def test_embeddings_from_clip_input_equal_the_processors(embedder: ClipEmbedder) -> None:
+    images = [corpus.render(name, corpus.image_rng(3, name, 0)) for name in corpus.CLASSES]
+    ours = embedder.embed_prepared(np.stack([embedder.clip_input.prepare(im) for im in images]))
+    theirs = embedder.embed_prepared(embedder.processor(images=images, return_tensors="np")["pixel_values"])
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_clip_input_is_read_from_the_saved_json_without_transformers(embedder: ClipEmbedder, tiny_clip: Path,
+                                                                      tmp_path: Path) -> None:
+    """`cvdb build` starts downloading before torch and transformers are imported: the numbers come
+    from the model's JSON, in transformers 5's layout (processor_config.json) or the hub's older one."""
+    from transformers import CLIPImageProcessor
+
+    from common.pipeline.clip_input import ClipInput, read_clip_input
+
+    assert read_clip_input(str(tiny_clip)) == ClipInput.of(embedder.processor.image_processor)
+    old_layout = {"crop_size": 224, "size": 224, "do_center_crop": True, "resample": 3,
+                  "image_mean": list(CLIPImageProcessor().image_mean), "image_std": list(CLIPImageProcessor().image_std)}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(old_layout))
+    assert read_clip_input(str(tmp_path)) == ClipInput.of(CLIPImageProcessor())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="has none of preprocessor_config.json, processor_config.json"):
+        read_clip_input(str(empty))

@@ -25,7 +25,8 @@ from common.models import Job
 from common.pipeline import export, staging
 from common.pipeline.accept import Rejected, StagedImage
 from common.pipeline.collect import Collected, rejection_extra, stage_stream
-from common.pipeline.embed import ClipEmbedder, ImagePreparer
+from common.pipeline.clip_input import ClipInput, read_clip_input
+from common.pipeline.embed import ClipEmbedder
 from common.pipeline.progress import Cancelled, SilentProgress
 from common.pipeline.records import Candidate, Outcome
 from common.pipeline.run_local import BuildError, candidate_budget, finish
@@ -118,14 +119,14 @@ def unfetched_chunks(job_id: str) -> list[int]:
     return sorted(db.session.scalars(query).all())
 
 
-_preparers: dict[str, ImagePreparer] = {}
+_clip_inputs: dict[str, ClipInput] = {}
 
 
-def _preparer(model: str) -> ImagePreparer:
-    """CLIP's preprocessing, loaded once per worker process and model."""
-    if model not in _preparers:
-        _preparers[model] = ImagePreparer(model)
-    return _preparers[model]
+def _clip_input(model: str) -> ClipInput:
+    """CLIP's preprocessing numbers, read once per worker process and model."""
+    if model not in _clip_inputs:
+        _clip_inputs[model] = read_clip_input(model)
+    return _clip_inputs[model]
 
 
 def start_fetch_chunk(job_id: str, chunk: int) -> bool:
@@ -143,9 +144,9 @@ def run_fetch_chunk(job_id: str, chunk: int, worker: str = "") -> bool:
     folder = jobstate.staging_dir(job, settings)
     folder.mkdir(parents=True, exist_ok=True)
     rows = {r.url: r for r in db.session.scalars(_chunk_rows(job_id, chunk)).all()}
-    prepare = _preparer(settings.model).prepare
+    clip = _clip_input(settings.model)
     accepted = 0
-    for item in stage_stream(list(rows), settings, folder, prepare, JobProgress(job_id)):
+    for item in stage_stream(list(rows), settings, folder, clip, JobProgress(job_id)):
         accepted += _record(rows[item.url], item)
         jobstate.heartbeat(job_id)
         db.session.commit()

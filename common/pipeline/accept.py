@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from common.config import Settings
+from common.pipeline.clip_input import ClipInput
 from common.pipeline.decode import DecodeError, as_array, encode_jpeg, open_header, to_upright_rgb
 from common.pipeline.dedup import Fingerprint, fingerprint
 from common.pipeline.export import atomic_write
@@ -68,10 +68,12 @@ class Checked:
     jpeg: bytes  # the upright pixels re-encoded, ready to stage
     work: np.ndarray = field(repr=False)  # the downscaled working copy: checks, hashes, CLIP
     fingerprint: Fingerprint = field(repr=False)
+    pixel_values: np.ndarray | None = field(default=None, repr=False)  # CLIP's input, made from `work`
 
 
-def check_download(url: str, data: bytes, settings: Settings) -> Checked | Rejected:
-    """Header limits and size checks before any pixel is decoded, then pixel checks and re-encoding.
+def check_download(url: str, data: bytes, settings: Settings, clip: ClipInput | None = None) -> Checked | Rejected:
+    """Header limits and size checks before any pixel is decoded, then pixel checks, re-encoding and,
+    with `clip`, CLIP's input (made here, so a decode worker process does that work too).
 
     Pure (bytes in, values out, no files): the decode pool runs exactly this in its workers.
     """
@@ -90,8 +92,9 @@ def check_download(url: str, data: bytes, settings: Settings) -> Checked | Rejec
     scores = {**size.scores, **pixels.scores}
     if pixels.reason:
         return Rejected(url, pixels.reason, pixels.detail or "", scores)
+    work_image = Image.fromarray(work)
     return Checked(url, image.width, image.height, scores, encode_jpeg(image, settings.jpeg_quality), work,
-                   fingerprint(image, Image.fromarray(work)))
+                   fingerprint(image, work_image), clip.prepare(work_image) if clip else None)
 
 
 def stage_download(
@@ -101,17 +104,16 @@ def stage_download(
     source_sha256: str,
     settings: Settings,
     staging_dir: Path,
-    prepare: Callable[[Image.Image], np.ndarray] | None = None,
+    clip: ClipInput | None = None,
     pool: DecodePool | None = None,
 ) -> StagedImage | Rejected:
     """Check one download (in a `pool` worker process when given, else here), then stage it."""
-    checked = pool.check(url, data, settings) if pool else check_download(url, data, settings)
+    checked = pool.check(url, data, settings, clip) if pool else check_download(url, data, settings, clip)
     if isinstance(checked, Rejected):
         return checked
     path = staging_dir / f"{source_sha256[:16]}.jpg"
     # Staging is scratch: export fsyncs the files it keeps, so no fsync for every candidate here.
     atomic_write(path, checked.jpeg, durable=False)
-    work_image = Image.fromarray(checked.work)
     return StagedImage(
         url=url,
         source_sha256=source_sha256,
@@ -121,5 +123,5 @@ def stage_download(
         image_format=image_format,
         scores=checked.scores,
         fingerprint=checked.fingerprint,
-        pixel_values=prepare(work_image) if prepare else None,
+        pixel_values=checked.pixel_values,
     )

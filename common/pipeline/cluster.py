@@ -6,7 +6,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.cluster import DBSCAN
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,8 @@ def cluster_labels(embeddings: np.ndarray, eps: float, min_samples: int) -> np.n
     """DBSCAN with cosine distance; -1 is noise. Callers pass rows in a stable order."""
     if len(embeddings) == 0:
         return np.zeros(0, dtype=int)
+    from sklearn.cluster import DBSCAN  # seconds to import: not before the first download
+
     return DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit_predict(embeddings)
 
 

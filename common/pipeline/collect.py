@@ -14,24 +14,26 @@ import hashlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from common.config import Settings
 from common.pipeline.accept import Rejected, StagedImage, stage_download
+from common.pipeline.clip_input import ClipInput
 from common.pipeline.decode_pool import shared_pool
-from common.pipeline.embed import ClipEmbedder
 from common.pipeline.fetch import fetch_stream
 from common.pipeline.progress import Cancelled, Progress
 from common.pipeline.records import Download, Outcome
 
+if TYPE_CHECKING:
+    from common.pipeline.embed import ClipEmbedder
+
 _DONE = object()
-Prepare = Callable[[Image.Image], np.ndarray]
 
 
 @dataclass
@@ -138,7 +140,7 @@ class _Embedder:
 
 
 def stage_stream(
-    urls: Sequence[str], settings: Settings, staging_dir: Path, prepare: Prepare | None, progress: Progress
+    urls: Sequence[str], settings: Settings, staging_dir: Path, clip: ClipInput | None, progress: Progress
 ) -> Iterator[StagedImage | Rejected]:
     """Download, check and stage every URL; yields one StagedImage or Rejected per URL.
 
@@ -162,7 +164,7 @@ def stage_stream(
                 continue
             seen_bytes[digest] = download.url
             pending.add(pool.submit(stage_download, download.url, download.data or b"", download.image_format or "",
-                                    digest, settings, staging_dir, prepare, decoders))
+                                    digest, settings, staging_dir, clip, decoders))
             if len(pending) >= max_pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 yield from _results(done, progress)
@@ -191,7 +193,7 @@ def collect(
     batcher = _Embedder(embedder, settings.batch_size, result, progress)
     for stage, total in (("download", len(urls)), ("filter", None), ("embed", None)):
         progress.start(stage, total)
-    for item in stage_stream(urls, settings, staging_dir, embedder.prepare, progress):
+    for item in stage_stream(urls, settings, staging_dir, embedder.clip_input, progress):
         if isinstance(item, Rejected):
             result.drop(item.url, item.reason, item.detail, **rejection_extra(item))
         else:

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     from common.config import Settings
     from common.pipeline.accept import Checked, Rejected
+    from common.pipeline.clip_input import ClipInput
 
 _MODULE = "common.pipeline.decode_pool"
 _ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `common` package
@@ -200,8 +201,8 @@ class DecodePool:
             self._idle.put(worker)
         self._closed = False
 
-    def check(self, url: str, data: bytes, settings: Settings) -> Checked | Rejected:
-        payload = pickle.dumps((url, data, settings), protocol=pickle.HIGHEST_PROTOCOL)
+    def check(self, url: str, data: bytes, settings: Settings, clip: ClipInput | None = None) -> Checked | Rejected:
+        payload = pickle.dumps((url, data, settings, clip), protocol=pickle.HIGHEST_PROTOCOL)
         worker = self._idle.get()
         try:
             if self._closed:
@@ -319,9 +320,9 @@ def serve() -> None:
     cv2.setNumThreads(1)  # one core per worker: N workers use N cores, not N times all of them
     _write_message(replies, _READY)
     while (message := _read_message(requests)) is not None:
-        url, data, settings = pickle.loads(message)
+        url, data, settings, clip = pickle.loads(message)
         try:
-            result: object = check_download(url, data, settings)
+            result: object = check_download(url, data, settings, clip)
         except Exception as exc:  # a hostile file must not take the batch down with it
             result = Rejected(url, "decode_error", f"the decoder failed: {exc!r}")
         try:

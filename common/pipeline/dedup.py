@@ -27,7 +27,7 @@ REASONS = {
     "duplicate_bytes": "the same file was already downloaded from another URL",
     "duplicate_pixels": "identical pixels to a better copy",
     "near_duplicate_phash": "perceptual hash and thumbnail pixels match a better copy",
-    "near_duplicate_embedding": "CLIP embedding nearly identical to a better copy",
+    "near_duplicate_embedding": "CLIP embedding nearly identical to a better copy, confirmed by the thumbnail pixels",
 }
 
 
@@ -127,11 +127,13 @@ def _pair_reason(
 ) -> str | None:
     if a.pixel_hash == b.pixel_hash:
         return "duplicate_pixels"
+    # Either signal only proposes a pair: distinct patterned pictures share pHashes and sit close in
+    # CLIP space alike, so the thumbnail pixels and colour layout must confirm the copy.
     min_correlation, max_colour_difference = confirm
-    if (near_hash and colour_difference(a, b) <= max_colour_difference
+    if not (colour_difference(a, b) <= max_colour_difference
             and aligned_correlation(a.thumb, b.thumb) >= min_correlation):
-        return "near_duplicate_phash"  # a hash match confirmed by the pixels
-    return "near_duplicate_embedding" if near_vector else None
+        return None
+    return "near_duplicate_phash" if near_hash else "near_duplicate_embedding"
 
 
 def choose_keepers(pairs: list[tuple[int, int, str]], quality: Sequence[tuple[float, ...]]) -> dict[int, tuple[int, str]]:

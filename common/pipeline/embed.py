@@ -10,6 +10,10 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
+from common.pipeline.clip_input import ClipInput, ModelLoadError, cannot_load
+
+__all__ = ["ClipEmbedder", "ModelLoadError", "load_processor", "pick_device"]
+
 
 def pick_device(device: str) -> torch.device:
     if device == "auto":
@@ -27,29 +31,11 @@ def _normalise(vectors: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(vectors, dim=-1).cpu().numpy().astype(np.float32)
 
 
-class ModelLoadError(Exception):
-    """The model name or path could not be loaded; the message says what to do."""
-
-
 def load_processor(model: str) -> CLIPProcessor:
     try:
         return CLIPProcessor.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"could not load CLIP model {model!r}: {exc}. Give a Hugging Face model name that this "
-            "machine can download, or a local folder saved with save_pretrained (--model / CVDB_MODEL)."
-        ) from exc
-
-
-class ImagePreparer:
-    """CLIP's image preprocessing without the network: what CPU workers run before the GPU step."""
-
-    def __init__(self, model: str) -> None:
-        self.processor = load_processor(model)
-
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """Resize, crop and normalise one image, exactly as ClipEmbedder.prepare does."""
-        return self.processor(images=image, return_tensors="np")["pixel_values"][0]
+        raise cannot_load(model, exc) from exc
 
 
 class ClipEmbedder:
@@ -61,13 +47,11 @@ class ClipEmbedder:
         # fp16 halves memory and doubles throughput on CUDA; CPU kernels want fp32.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.processor = load_processor(model)
+        self.clip_input = ClipInput.of(self.processor.image_processor)
         try:
             self.model = CLIPModel.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"could not load CLIP model {model!r}: {exc}. Give a Hugging Face model name that this "
-                "machine can download, or a local folder saved with save_pretrained (--model / CVDB_MODEL)."
-            ) from exc
+            raise cannot_load(model, exc) from exc
         self.text_model_name = text_model
         self._text_encoder: Any = None
 
@@ -77,8 +61,8 @@ class ClipEmbedder:
         return float(self.model.logit_scale.detach().float().exp().cpu())
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """Resize, crop and normalise one image; cheap enough to run in decode threads."""
-        return self.processor(images=image, return_tensors="np")["pixel_values"][0]
+        """Resize, crop and normalise one image, as the model's image processor does."""
+        return self.clip_input.prepare(image)
 
     @torch.inference_mode()
     def embed_prepared(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,10 +15,12 @@ from common.config import Settings
 from common.pipeline import cluster, dedup, export
 from common.pipeline.accept import StagedImage
 from common.pipeline.collect import Collected, collect
-from common.pipeline.embed import ClipEmbedder
 from common.pipeline.progress import Progress, SilentProgress
 from common.pipeline.records import Candidate
 from common.pipeline.report import build_report, failure_message
+
+if TYPE_CHECKING:
+    from common.pipeline.embed import ClipEmbedder
 
 
 class BuildError(Exception):
