@@ -92,6 +92,7 @@ def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: s
     try:
         # The model loads while the search and the first downloads run; the first batch waits for it.
         embedder = LoadingEmbedder(settings.model, settings.device, settings.text_model)
+        err.print(f"Loading CLIP model {settings.model} in the background")
         with err.status(f"Searching {settings.source} for {query!r} ..."):
             found = search(query, candidate_budget(limit, settings), settings, urls_file=urls_file)
         err.print(f"{len(found.candidates)} candidates from {found.served_by}")
