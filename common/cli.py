@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -83,7 +84,7 @@ def build(
 def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: str | None, overwrite: bool) -> None:
     from common.console import RichProgress, print_summary
     from common.pipeline.clip_input import ModelLoadError
-    from common.pipeline.export import OutputError
+    from common.pipeline.export import LOCAL_OWNER, MANIFEST, OutputError, release
     from common.pipeline.model_loader import LoadingEmbedder
     from common.pipeline.run_local import BuildError, candidate_budget
     from common.pipeline.run_local import build as build_dataset
@@ -97,10 +98,19 @@ def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: s
             found = search(query, candidate_budget(limit, settings), settings, urls_file=urls_file)
         err.print(f"{len(found.candidates)} candidates from {found.served_by}")
         source = {"served_by": found.served_by, "attempts": found.attempts}
+        if overwrite and (out_dir / MANIFEST).exists():
+            # The earlier dataset goes first thing in the build: not before the model is known to load.
+            with err.status(f"Loading CLIP model {settings.model} ..."):
+                embedder.loaded()
         with RichProgress(err) as progress:
             result = build_dataset(query, found.candidates, limit, out_dir, settings,
                                    cast("ClipEmbedder", embedder), progress, overwrite, source)
-    except (SourceError, ModelLoadError, OutputError) as exc:
+    except ModelLoadError as exc:
+        # The model loads beside the build: a folder it claimed and left empty is given up again.
+        with contextlib.suppress(OutputError, OSError):
+            release(out_dir, LOCAL_OWNER)
+        fail(str(exc))
+    except (SourceError, OutputError) as exc:
         fail(str(exc))
     except BuildError as exc:
         print_summary(err, exc.report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -181,6 +182,26 @@ def test_a_model_that_cannot_load_fails_before_the_search(tiny_clip: Path, image
     said = " ".join(run.stderr.split())
     assert run.code == 1 and "could not load CLIP model" in said and "save_pretrained" in said
     assert "candidates from" not in said  # it said so before searching
+
+
+def test_a_model_that_fails_while_the_build_runs_loses_nothing(tiny_clip: Path, scenario: Scenario,
+                                                               tmp_path: Path) -> None:
+    """The weights load in the background: when they cannot, an earlier dataset stays (even with
+    --overwrite) and a new folder is given up again."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for item in tiny_clip.iterdir():
+        if item.name != "model.safetensors":
+            shutil.copy(item, broken / item.name)
+    first = cvdb_build(tmp_path / "a", tiny_clip, scenario.urls[:30], "--limit", "5")
+    assert first.code == 0, first.stderr[-1000:]
+    before = {p.name: p.read_bytes() for p in first.out.iterdir() if p.is_file()}
+    again = cvdb_build(tmp_path / "a", tiny_clip, scenario.urls[:30], "--limit", "5", "--overwrite",
+                       settings={"model": broken})
+    assert again.code == 1 and "could not load CLIP model" in " ".join(again.stderr.split())
+    assert {p.name: p.read_bytes() for p in first.out.iterdir() if p.is_file()} == before
+    fresh = cvdb_build(tmp_path / "b", tiny_clip, scenario.urls[:30], "--limit", "5", settings={"model": broken})
+    assert fresh.code == 1 and not fresh.out.exists()
 
 
 def test_refuses_an_output_outside_the_data_folder(tiny_clip: Path, scenario: Scenario, tmp_path: Path) -> None:
