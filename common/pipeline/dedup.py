@@ -8,13 +8,13 @@ another picture).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import imagehash
 import numpy as np
+import xxhash
 from PIL import Image
 
 _THUMB_SIDE = 32
@@ -45,7 +45,8 @@ def fingerprint(image: Image.Image, small: Image.Image | None = None) -> Fingerp
     `small` is an optional downscaled copy: every signal but the exact-pixel hash is computed
     from it, which is as good (they all work on tiny thumbnails) and much faster.
     """
-    pixel_hash = hashlib.sha1(image.tobytes()).hexdigest()  # exact pixels; sha1 is 3x faster than md5 here
+    # Exact pixels, compared for equality only: xxh3 is ~4x faster than sha1 on a full picture.
+    pixel_hash = xxhash.xxh3_128_hexdigest(image.tobytes())
     small = small or image
     phash = int(str(imagehash.phash(small, hash_size=8)), 16)
     thumb = np.asarray(small.convert("L").resize((_THUMB_SIDE, _THUMB_SIDE), Image.Resampling.BOX), np.uint8)
