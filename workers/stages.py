@@ -7,10 +7,11 @@ Work already done is skipped, so a redelivered task repeats nothing and duplicat
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from common.models import Candidate as CandidateRow
 from common.models import Job
 from common.pipeline import export, staging
 from common.pipeline.accept import Rejected, StagedImage
-from common.pipeline.collect import Collected, rejection_extra, stage_stream
 from common.pipeline.clip_input import ClipInput, read_clip_input
+from common.pipeline.collect import Collected, rejection_extra, stage_stream
 from common.pipeline.embed import ClipEmbedder
 from common.pipeline.progress import Cancelled, SilentProgress
 from common.pipeline.records import Candidate, Outcome
@@ -119,14 +120,8 @@ def unfetched_chunks(job_id: str) -> list[int]:
     return sorted(db.session.scalars(query).all())
 
 
-_clip_inputs: dict[str, ClipInput] = {}
-
-
-def _clip_input(model: str) -> ClipInput:
-    """CLIP's preprocessing numbers, read once per worker process and model."""
-    if model not in _clip_inputs:
-        _clip_inputs[model] = read_clip_input(model)
-    return _clip_inputs[model]
+# CLIP's preprocessing numbers, read once per worker process and model.
+_clip_input: Callable[[str], ClipInput] = functools.cache(read_clip_input)
 
 
 def start_fetch_chunk(job_id: str, chunk: int) -> bool:

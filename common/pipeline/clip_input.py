@@ -43,11 +43,8 @@ class ClipInput:
 
     @classmethod
     def of(cls, image_processor: Any) -> ClipInput:
-        """Read the numbers from a transformers CLIP image processor."""
-        size, crop = image_processor.size, image_processor.crop_size
-        return cls(int(size["shortest_edge"]), int(crop["height"]), int(crop["width"]),
-                   tuple(image_processor.image_mean), tuple(image_processor.image_std),  # type: ignore[arg-type]
-                   int(image_processor.resample), float(image_processor.rescale_factor))
+        """Read the numbers from a transformers CLIP image processor, through the JSON it saves."""
+        return cls.from_config(image_processor.to_dict())
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ClipInput:
