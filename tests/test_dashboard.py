@@ -20,6 +20,7 @@ from service_harness import Service, wait_for
 pytestmark = pytest.mark.slow
 
 from browser_harness import chromium, js, wait  # noqa: E402  (skips the module without Chromium)
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -66,6 +67,17 @@ def row_status(browser: WebDriver, job_id: str) -> str | None:
 
 def row(browser: WebDriver, job_id: str) -> Any:
     return browser.find_element(By.CSS_SELECTOR, f"#jobs tr[data-id='{job_id}']")
+
+
+def click_in_row(browser: WebDriver, job_id: str, selector: str) -> None:
+    """Click a row's button once it is there; a row redrawn between the look-up and the click is looked up again."""
+    def clicked(b: WebDriver) -> bool:
+        try:
+            b.find_element(By.CSS_SELECTOR, f"#jobs tr[data-id='{job_id}'] {selector}").click()
+            return True
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+    wait(browser, clicked, f"{selector} in the row of {job_id}", 30)
 
 
 def banner_text(browser: WebDriver) -> str:
@@ -183,7 +195,7 @@ def test_cancel_a_running_job_from_the_history(browser: WebDriver, service: Serv
          and "downloading" in row(b, job_id).find_element(By.CSS_SELECTOR, ".progress-text").text,
          "the slow job to be downloading", 60)
     shot(browser, "06-history-running")
-    row(browser, job_id).find_element(By.CSS_SELECTOR, "button.cancel").click()
+    click_in_row(browser, job_id, "button.cancel")
     wait(browser, lambda b: row_status(b, job_id) == "cancelled", "the job to be cancelled", 30)
     shot(browser, "07-history-cancelled")
     assert service.job(job_id)["status"] == "cancelled"
@@ -305,7 +317,7 @@ def test_delete_one_job_then_clear_the_history(browser: WebDriver, service: Serv
     open_page(browser, service.url)
     jobs = service.api("GET", "/api/jobs?per_page=100").json()["jobs"]
     victim = next(j for j in jobs if j["output"] == "dash-slow")
-    row(browser, victim["id"]).find_element(By.CSS_SELECTOR, "button.delete").click()
+    click_in_row(browser, victim["id"], "button.delete")
     wait(browser, EC.alert_is_present(), "the confirmation", 5).accept()
     wait(browser, lambda b: row_status(b, victim["id"]) is None, "the deleted job to leave the table")
     assert service.api("GET", f"/api/jobs/{victim['id']}").status_code == 404

@@ -136,7 +136,13 @@ function actionsCell(job) {
       },
     }));
   }
-  return el("td", { class: "actions-cell", dataset: { label: "" } }, cell);
+  return el("td", { class: "actions-cell", dataset: { label: "", key: actionsKey(job) } }, cell);
+}
+
+// What the buttons depend on: a redraw that leaves it unchanged keeps the old buttons, so a click
+// that lands while the row is redrawn (elapsed time ticks every poll) is not lost.
+function actionsKey(job) {
+  return JSON.stringify([job.final, job.status === "cancelling", job.query, job.output]);
 }
 
 function jobRow(job) {
@@ -164,7 +170,11 @@ function renderJobs(data) {
     let entry = rendered.get(job.id);
     if (!entry || entry[0] !== key) {
       const row = jobRow(job);
-      if (entry) entry[1].replaceWith(row);
+      if (entry) {
+        const [kept, fresh] = [entry[1], row].map((r) => r.querySelector(".actions-cell"));
+        if (kept.dataset.key === fresh.dataset.key) fresh.replaceWith(kept);
+        entry[1].replaceWith(row);
+      }
       entry = [key, row];
       rendered.set(job.id, entry);
     }
