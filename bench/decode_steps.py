@@ -12,12 +12,13 @@ import numpy as np
 from PIL import Image
 
 from common.config import Settings
-from common.pipeline.decode import as_array, encode_jpeg, open_header, to_upright_rgb
+from common.pipeline.decode import as_array, decode_image, encode_jpeg, open_header, to_upright_rgb
 from common.pipeline.dedup import fingerprint
 from common.pipeline.export import atomic_write
 from common.pipeline.quality import assess_pixels, downscale_long_side
 
 Prepare = Callable[[Image.Image], np.ndarray]
+NOT_PER_CANDIDATE = ("clip_prepare_by_processor", "export_reencode_per_kept")
 
 
 class _Laps:
@@ -49,9 +50,7 @@ def step_times(blobs: Sequence[bytes], settings: Settings, prepare: Prepare | No
             laps.lap("working_copy")
             assess_pixels(work, settings)
             laps.lap("quality")
-            encoded = encode_jpeg(image, settings.jpeg_quality)
-            laps.lap("encode_jpeg")
-            atomic_write(Path(staging) / f"{index}.jpg", encoded, durable=False)
+            atomic_write(Path(staging) / f"{index}.download", blob, durable=False)
             laps.lap("staged_write")
             work_image = Image.fromarray(work)
             fingerprint(image, work_image)
@@ -59,10 +58,14 @@ def step_times(blobs: Sequence[bytes], settings: Settings, prepare: Prepare | No
             if prepare is not None:
                 prepare(work_image)
                 laps.lap("clip_prepare")
-            if processor_prepare is not None:  # the image processor's own way, for comparison (not in total)
+            # Not per candidate (not in total): the image processor's own way, for comparison, and
+            # what export does for each kept picture only (a full decode again, then the JPEG).
+            if processor_prepare is not None:
                 processor_prepare(work_image)
                 laps.lap("clip_prepare_by_processor")
+            encode_jpeg(decode_image(blob, settings.max_pixels, settings.max_side), settings.jpeg_quality)
+            laps.lap("export_reencode_per_kept")
     count = max(1, len(blobs))
     steps = {step: round(1000 * seconds / count, 2) for step, seconds in laps.totals.items()}
-    total = sum(v for k, v in steps.items() if k != "clip_prepare_by_processor")
+    total = sum(v for k, v in steps.items() if k not in NOT_PER_CANDIDATE)
     return {**steps, "total": round(total, 2)}

@@ -15,6 +15,7 @@ STAGE_LABELS = {
     "embed": "Embedding (CLIP)",
     "dedup": "Removing duplicates",
     "cluster": "Clustering",
+    "export": "Saving",
 }
 
 

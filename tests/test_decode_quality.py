@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 from common.config import Settings
 from common.devkit import planted
 from common.pipeline import quality
-from common.pipeline.accept import Rejected, StagedImage, check_download, stage_download
+from common.pipeline.accept import Rejected, StagedImage, check_download, encode_kept, stage_download
 from common.pipeline.decode import DecodeError, decode_image
 
 SETTINGS = Settings()
@@ -26,7 +26,9 @@ def test_planted_images_get_their_expected_outcome(name: str, tmp_path: Path) ->
     result = stage_download(f"http://x/{name}", data, "?", "0" * 64, SETTINGS, tmp_path)
     if expected is None:
         assert isinstance(result, StagedImage), getattr(result, "detail", "")
-        assert result.path.read_bytes()[:3] == b"\xff\xd8\xff"  # exported as JPEG whatever came in
+        assert result.path.read_bytes() == data  # staged as downloaded
+        [exported] = encode_kept([result], SETTINGS)
+        assert exported.read_bytes()[:3] == b"\xff\xd8\xff"  # exported as JPEG whatever came in
     else:
         assert isinstance(result, Rejected)
         assert result.reason == expected, result.detail

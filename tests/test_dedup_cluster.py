@@ -44,6 +44,16 @@ def _reencode(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
+def test_phash_has_imagehash_bits() -> None:
+    import imagehash
+
+    from common.devkit import corpus
+
+    pictures = PATTERNS + [corpus.render(name, np.random.default_rng(seed)) for name in ("sunflower", "red apple") for seed in range(6)]
+    for picture in pictures:
+        assert dedup.phash(picture.convert("L")) == int(str(imagehash.phash(picture)), 16)
+
+
 def _pairs(images: list[Image.Image]) -> list[tuple[int, int, str]]:
     no_embeddings = np.eye(len(images), dtype=np.float32)  # orthogonal: the embedding signal stays silent
     return dedup.duplicate_pairs([dedup.fingerprint(im) for im in images], no_embeddings, 10, 0.90, 0.94)

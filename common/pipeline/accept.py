@@ -1,7 +1,13 @@
-"""One downloaded file -> a staged, upright, re-encoded JPEG with its scores, or a drop reason."""
+"""One downloaded file -> its checks, scores and fingerprint, staged as it was downloaded, or a drop reason.
+
+Only the kept pictures are decoded in full again and re-encoded, at export (`encode_kept`): most
+candidates are dropped, and re-encoding each one was a large share of the per-image work.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +17,7 @@ from PIL import Image
 
 from common.config import Settings
 from common.pipeline.clip_input import ClipInput
-from common.pipeline.decode import DecodeError, as_array, encode_jpeg, open_header, to_upright_rgb
+from common.pipeline.decode import DecodeError, as_array, decode_image, encode_jpeg, open_header, to_upright_rgb
 from common.pipeline.dedup import Fingerprint, fingerprint
 from common.pipeline.export import atomic_write
 from common.pipeline.quality import assess_pixels, assess_size, downscale_long_side
@@ -28,13 +34,16 @@ DECODE_REASONS = {
 }
 
 
+DOWNLOAD_SUFFIX = ".download"  # a staged file as downloaded; its re-encoded JPEG takes ".jpg"
+
+
 @dataclass
 class StagedImage:
-    """An image that passed every per-image check, written to the staging folder."""
+    """An image that passed every per-image check; its downloaded bytes are in the staging folder."""
 
     url: str
     source_sha256: str
-    path: Path
+    path: Path  # the downloaded bytes, as they came (untrusted until re-encoded at export)
     width: int
     height: int
     image_format: str
@@ -65,15 +74,14 @@ class Checked:
     width: int
     height: int
     scores: dict[str, float]
-    jpeg: bytes  # the upright pixels re-encoded, ready to stage
     work: np.ndarray = field(repr=False)  # the downscaled working copy: checks, hashes, CLIP
     fingerprint: Fingerprint = field(repr=False)
     pixel_values: np.ndarray | None = field(default=None, repr=False)  # CLIP's input, made from `work`
 
 
 def check_download(url: str, data: bytes, settings: Settings, clip: ClipInput | None = None) -> Checked | Rejected:
-    """Header limits and size checks before any pixel is decoded, then pixel checks, re-encoding and,
-    with `clip`, CLIP's input (made here, so a decode worker process does that work too).
+    """Header limits and size checks before any pixel is decoded, then pixel checks and fingerprints,
+    and with `clip`, CLIP's input (made here, so a decode worker process does that work too).
 
     Pure (bytes in, values out, no files): the decode pool runs exactly this in its workers.
     """
@@ -93,8 +101,8 @@ def check_download(url: str, data: bytes, settings: Settings, clip: ClipInput | 
     if pixels.reason:
         return Rejected(url, pixels.reason, pixels.detail or "", scores)
     work_image = Image.fromarray(work)
-    return Checked(url, image.width, image.height, scores, encode_jpeg(image, settings.jpeg_quality), work,
-                   fingerprint(image, work_image), clip.prepare(work_image) if clip else None)
+    return Checked(url, image.width, image.height, scores, work, fingerprint(image, work_image),
+                   clip.prepare(work_image) if clip else None)
 
 
 def stage_download(
@@ -107,13 +115,13 @@ def stage_download(
     clip: ClipInput | None = None,
     pool: DecodePool | None = None,
 ) -> StagedImage | Rejected:
-    """Check one download (in a `pool` worker process when given, else here), then stage it."""
+    """Check one download (in a `pool` worker process when given, else here), then stage its bytes."""
     checked = pool.check(url, data, settings, clip) if pool else check_download(url, data, settings, clip)
     if isinstance(checked, Rejected):
         return checked
-    path = staging_dir / f"{source_sha256[:16]}.jpg"
-    # Staging is scratch: export fsyncs the files it keeps, so no fsync for every candidate here.
-    atomic_write(path, checked.jpeg, durable=False)
+    path = staging_dir / f"{source_sha256[:16]}{DOWNLOAD_SUFFIX}"
+    # Staging is scratch: export writes and fsyncs the files it keeps, so no fsync here.
+    atomic_write(path, data, durable=False)
     return StagedImage(
         url=url,
         source_sha256=source_sha256,
@@ -125,3 +133,22 @@ def stage_download(
         fingerprint=checked.fingerprint,
         pixel_values=checked.pixel_values,
     )
+
+
+def encode_kept(kept: Sequence[StagedImage], settings: Settings, done: Callable[[], None] = lambda: None) -> list[Path]:
+    """Decode each kept download in full, upright, and re-encode it as JPEG beside it in staging:
+    no metadata or trailing payload of the original survives. Threads, as Pillow decodes and
+    encodes without the GIL. These bytes already passed the same decode in a checked process.
+    `done` is called once per picture written."""
+    def encode(image: StagedImage) -> Path:
+        pixels = decode_image(image.path.read_bytes(), settings.max_pixels, settings.max_side, settings.max_jpeg_scans)
+        path = image.path.with_suffix(".jpg")
+        atomic_write(path, encode_jpeg(pixels, settings.jpeg_quality), durable=False)
+        return path
+
+    paths: list[Path] = []
+    with ThreadPoolExecutor(max(1, settings.decode_workers)) as threads:
+        for path in threads.map(encode, kept):
+            paths.append(path)
+            done()
+    return paths

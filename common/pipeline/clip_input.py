@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,15 @@ class ClipInput:
         resized = image.resize(size, self.resample)
         top, left = (size[1] - self.crop_height) // 2, (size[0] - self.crop_width) // 2
         box = (left, top, left + self.crop_width, top + self.crop_height)
-        pixels = np.asarray(resized.crop(box), np.float32) * np.float32(self.rescale)
-        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+        pixels = np.asarray(resized.crop(box))
+        return np.stack([self._levels[:, c][pixels[..., c]] for c in range(3)])
+
+    @cached_property
+    def _levels(self) -> np.ndarray:
+        """(256, 3) float32: each byte value rescaled and normalised per channel, the processor's
+        arithmetic done once per value instead of once per pixel."""
+        values = np.arange(256, dtype=np.float32)[:, None] * np.float32(self.rescale)
+        return (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
 
 def read_clip_input(model: str) -> ClipInput:

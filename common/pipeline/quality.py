@@ -86,11 +86,11 @@ def assess_pixels(pixels: np.ndarray, settings: Settings) -> Assessment:
     """Sharpness, darkness, washed-out and information checks on upright RGB pixels (any size;
     sharpness is measured at most `sharpness_side` wide, so a copy already that small is used as is)."""
     small = downscale_long_side(pixels, _STATS_SIDE)
-    light = brightness(small)
+    p99, p5 = np.percentile(brightness(small), [99, 5])  # one partial sort for both
     scores = {
         "sharpness": round(sharpness(pixels, settings.sharpness_side), 2),
-        "brightness_p99": round(float(np.percentile(light, 99)), 4),
-        "brightness_p5": round(float(np.percentile(light, 5)), 4),
+        "brightness_p99": round(float(p99), 4),
+        "brightness_p5": round(float(p5), 4),
         "entropy": round(entropy(small), 4),
     }
     # Darkness and washed-out first: a dim picture also has a low Laplacian variance.

@@ -13,7 +13,7 @@ import numpy as np
 
 from common.config import Settings
 from common.pipeline import cluster, dedup, export
-from common.pipeline.accept import StagedImage
+from common.pipeline.accept import StagedImage, encode_kept
 from common.pipeline.collect import Collected, collect
 from common.pipeline.progress import Progress, SilentProgress
 from common.pipeline.records import Candidate
@@ -88,8 +88,12 @@ def finish(
         export.write_failure_report(out_dir, report)
         raise BuildError(failure_message(report), report)
     started = time.perf_counter()
-    rows = [_manifest_row(query, i + 1, s, by_url[s.url], query_sims[s.url], selection) for i, s in enumerate(kept)]
-    export.write_dataset(out_dir, [s.path for s in kept], rows, report)
+    progress.start("export", len(kept))
+    jpegs = encode_kept(kept, settings, lambda: progress.advance("export"))
+    rows = [_manifest_row(query, i + 1, s, jpeg, by_url[s.url], query_sims[s.url], selection)
+            for i, (s, jpeg) in enumerate(zip(kept, jpegs, strict=True))]
+    export.write_dataset(out_dir, jpegs, rows, report)
+    progress.finish("export")
     report["timings_s"]["export"] = round(time.perf_counter() - started, 3)
     return BuildResult(out_dir, len(kept), report)
 
@@ -150,7 +154,7 @@ def _keep(
 
 
 def _manifest_row(
-    query: str, index: int, image: StagedImage, candidate: Candidate, query_similarity: float,
+    query: str, index: int, image: StagedImage, jpeg: Path, candidate: Candidate, query_similarity: float,
     selection: cluster.Selection,
 ) -> dict[str, Any]:
     return {
@@ -161,7 +165,7 @@ def _manifest_row(
         "source_page": candidate.source_page,
         "title": candidate.title,
         "rank": candidate.rank,
-        "sha256": _sha256_file(image.path),
+        "sha256": _sha256_file(jpeg),
         "source_sha256": image.source_sha256,
         "source_format": image.image_format,
         "width": image.width,

@@ -1,6 +1,6 @@
 """Staged images kept on disk between the service's tasks: fetch writes, embed and select read.
 
-Beside each staged `<key>.jpg` lie `<key>.json` (size, format, scores, hashes), `<key>.npz`
+Beside each staged download `<key>.download` (its bytes as they came) lie `<key>.json` (size, format, scores, hashes), `<key>.npz`
 (the fingerprint arrays and CLIP's prepared pixels) and, once embedded, `<key>.clip.npy`.
 Every file is written atomically, so a task that dies mid-way leaves whole files or none.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.pipeline.accept import StagedImage
+from common.pipeline.accept import DOWNLOAD_SUFFIX, StagedImage
 from common.pipeline.dedup import Fingerprint
 from common.pipeline.export import atomic_write, refuse_link
 
@@ -51,7 +51,7 @@ def load(folder: Path, source_sha256: str, url: str, with_pixels: bool = False) 
     with np.load(folder / f"{name}.npz") as arrays:
         fingerprint = Fingerprint(meta["pixel_hash"], int(meta["phash"]), arrays["thumb"], arrays["layout"])
         pixels = arrays["pixels"] if with_pixels else None
-    return StagedImage(url=url, source_sha256=source_sha256, path=folder / f"{name}.jpg", width=meta["width"],
+    return StagedImage(url=url, source_sha256=source_sha256, path=folder / f"{name}{DOWNLOAD_SUFFIX}", width=meta["width"],
                        height=meta["height"], image_format=meta["image_format"], scores=meta["scores"],
                        fingerprint=fingerprint, pixel_values=pixels)
 
