@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from common.config import Settings
-from common.pipeline.decode import as_array, decode_image, encode_jpeg, open_header, to_upright_rgb
+from common.pipeline.decode import as_array, decode_image, draft_scale, encode_jpeg, open_header, to_upright_rgb
 from common.pipeline.dedup import fingerprint
 from common.pipeline.export import atomic_write
 from common.pipeline.quality import assess_pixels, downscale_long_side
@@ -44,7 +44,8 @@ def step_times(blobs: Sequence[bytes], settings: Settings, prepare: Prepare | No
     with tempfile.TemporaryDirectory(prefix="bench-steps-") as staging:
         for index, blob in enumerate(blobs):
             laps.restart()
-            image = to_upright_rgb(open_header(blob, settings.max_pixels, settings.max_side))
+            header = open_header(blob, settings.max_pixels, settings.max_side)
+            image = to_upright_rgb(header, blob, draft_scale(header, settings.sharpness_side))
             laps.lap("decode")
             work = downscale_long_side(as_array(image), settings.sharpness_side)
             laps.lap("working_copy")

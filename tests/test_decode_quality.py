@@ -13,8 +13,8 @@ from PIL import Image, ImageFile
 from common.config import Settings
 from common.devkit import planted
 from common.pipeline import quality
-from common.pipeline.accept import Rejected, StagedImage, check_download, encode_kept, stage_download
-from common.pipeline.decode import DecodeError, decode_image
+from common.pipeline.accept import Checked, Rejected, StagedImage, check_download, encode_kept, stage_download
+from common.pipeline.decode import DecodeError, decode_image, draft_scale
 
 SETTINGS = Settings()
 PLANTED = planted.planted_set()
@@ -40,6 +40,22 @@ def test_exif_orientation_is_applied_before_anything_else() -> None:
     assert decoded.size == upright.size
     flipped = upright.transpose(Image.Transpose.ROTATE_180)
     assert _difference(decoded, upright) < 0.5 * _difference(decoded, flipped)  # JPEG loss only
+
+
+def test_a_large_jpeg_is_checked_on_a_smaller_decode_with_its_full_size_reported() -> None:
+    upright = planted.photo(21, size=(3000, 2200))
+    for data in (planted.encode(upright, "JPEG", quality=90), planted.exif_rotated_jpeg(upright)):
+        header = Image.open(io.BytesIO(data))
+        assert draft_scale(header, SETTINGS.sharpness_side) == 2  # 3000 px: a whole factor of 6 to 512
+        assert draft_scale(Image.open(io.BytesIO(planted.encode(planted.photo(1, (1500, 900))))), 512) == 1  # 3
+        checked = check_download("u", data, SETTINGS)
+        assert isinstance(checked, Checked), checked
+        assert (checked.width, checked.height) == upright.size
+        # The working copy is the full decode's 1/6 area-average in size (the 1/2 decode shrunk by 3)
+        # and nearly in pixels; the full decode is left for export.
+        full = quality.downscale_long_side(np.asarray(decode_image(data)), SETTINGS.sharpness_side)
+        assert checked.work.shape == full.shape
+        assert np.abs(checked.work.astype(np.float32) - full).mean() < 2.0
 
 
 def _difference(a: Image.Image, b: Image.Image) -> float:

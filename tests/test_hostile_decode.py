@@ -222,6 +222,8 @@ def test_a_complete_picture_with_a_mid_grey_corner_is_kept(progressive: bool, mo
     data = planted.encode(picture.convert(mode), "JPEG", quality=90, progressive=progressive, optimize=True)
     decoded = np.asarray(decode_image(data))
     assert (decoded[-8:, -8:] == 128).all()  # the corner that prompts the second look
+    checked = check_download("u", data, SETTINGS)  # decoded at 1/2 (DCT scaling): the same second look
+    assert getattr(checked, "reason", None) != "truncated", checked
 
 
 # ---- ordinary files: the same result through the pool -----------------------------------------

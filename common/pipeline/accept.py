@@ -17,7 +17,8 @@ from PIL import Image
 
 from common.config import Settings
 from common.pipeline.clip_input import ClipInput
-from common.pipeline.decode import DecodeError, as_array, decode_image, encode_jpeg, open_header, to_upright_rgb
+from common.pipeline.decode import (DecodeError, as_array, decode_image, draft_scale, encode_jpeg, open_header,
+                                    to_upright_rgb)
 from common.pipeline.dedup import Fingerprint, fingerprint
 from common.pipeline.export import atomic_write
 from common.pipeline.quality import assess_pixels, assess_size, downscale_long_side
@@ -90,18 +91,21 @@ def check_download(url: str, data: bytes, settings: Settings, clip: ClipInput | 
         size = assess_size(*header.size, settings)
         if size.reason:
             return Rejected(url, size.reason, size.detail or "", size.scores)
-        image = to_upright_rgb(header, data)
+        full = header.size
+        image = to_upright_rgb(header, data, draft_scale(header, settings.sharpness_side))
     except DecodeError as exc:
         return Rejected(url, exc.reason, exc.detail)
-    # One downscaled working copy feeds every check, hash and CLIP: full-size pixel work
-    # was most of the per-image cost. Only the exact-pixel hash and the export need full size.
+    width, height = full if image.size == header.size else full[::-1]  # turned upright: swap
+    # One working copy, at most sharpness_side a side, feeds every check, hash and CLIP: full-size
+    # pixel work was most of the per-image cost. A JPEG is decoded that small to begin with, and
+    # decoded in full again only if it is kept (at export).
     work = downscale_long_side(as_array(image), settings.sharpness_side)
     pixels = assess_pixels(work, settings)
     scores = {**size.scores, **pixels.scores}
     if pixels.reason:
         return Rejected(url, pixels.reason, pixels.detail or "", scores)
     work_image = Image.fromarray(work)
-    return Checked(url, image.width, image.height, scores, work, fingerprint(image, work_image),
+    return Checked(url, width, height, scores, work, fingerprint(image, work_image),
                    clip.prepare(work_image) if clip else None)
 
 

@@ -48,7 +48,8 @@ def fingerprint(image: Image.Image, small: Image.Image | None = None) -> Fingerp
     `small` is an optional downscaled copy: every signal but the exact-pixel hash is computed
     from it, which is as good (they all work on tiny thumbnails) and much faster.
     """
-    # Exact pixels, compared for equality only: xxh3 is ~4x faster than sha1 on a full picture.
+    # Exact pixels as decoded (a large JPEG at its DCT draft scale: the same pixels decode the same
+    # way), compared for equality only: xxh3 is ~4x faster than sha1.
     pixel_hash = xxhash.xxh3_128_hexdigest(image.tobytes())
     small = small or image
     grey = small.convert("L")
