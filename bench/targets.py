@@ -34,6 +34,8 @@ def verdicts(ratios: dict[str, Any]) -> list[Verdict]:
                 "collect() embedded images/s over embed_prepared-only images/s at the same batch size"),
         Verdict("ours_over_img2dataset", ratios.get("ours_over_img2dataset"), ">=", 2.0,
                 "our download+decode/quality images/s over img2dataset's, same URLs and delay"),
+        Verdict("whole_build_over_img2dataset", ratios.get("whole_build_over_img2dataset"), ">=", 1.0,
+                "img2dataset's wall time (download + decode) over the whole cvdb build's, same URLs and delay"),
         Verdict("peak_memory_large_over_small", ratios.get("peak_memory_large_over_small"), "<=", 1.2,
                 "peak RSS of collect() over the larger candidate count over the smaller one"),
         Verdict("decode_processes_n_over_1", ratios.get("decode_processes_n_over_1"), ">=", 1.8,

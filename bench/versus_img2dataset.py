@@ -1,4 +1,5 @@
-"""Download + decode throughput against img2dataset on the same URLs and server delay.
+"""Download + decode throughput against img2dataset on the same URLs and server delay, and the
+whole `cvdb build` (search to dataset) against img2dataset's download + decode alone.
 
 img2dataset lives in its own virtualenv (bench/.venv-img2dataset, pinned in
 bench/requirements-img2dataset.txt) and runs as a subprocess with resizing and re-encoding off, so
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import tempfile
 from collections import Counter
@@ -119,3 +121,22 @@ def installed_version() -> str | None:
         return None
     shown = subprocess.run([str(pip), "show", "img2dataset"], check=False, capture_output=True, text=True).stdout
     return next((line.split(":", 1)[1].strip() for line in shown.splitlines() if line.startswith("Version:")), None)
+
+
+def whole_build(urls: Sequence[str], settings: dict[str, object], cvdb: Path) -> dict[str, Any]:
+    """`cvdb build --urls` over every URL as a user runs it (interpreter start, model load, export
+    included), with `limit` set so the candidate budget takes every URL."""
+    limit = -(-len(urls) // int(Settings().oversample))
+    with tempfile.TemporaryDirectory(prefix="bench-build-") as work:
+        url_list, data_root = Path(work) / "urls.txt", Path(work) / "data"
+        url_list.write_text("\n".join(urls) + "\n")
+        env = {**os.environ, **{f"CVDB_{k.upper()}": str(v) for k, v in settings.items()},
+               "CVDB_DATA_ROOT": str(data_root)}
+        with stopwatch() as watch:
+            done = subprocess.run([str(cvdb), "build", "sunflower", "--urls", str(url_list), "--limit", str(limit),
+                                   "--out", str(data_root / "out")], env=env, capture_output=True, text=True, timeout=3600)
+        report = data_root / "out" / "report.json"
+        counts = json.loads(report.read_text())["counts"] if report.exists() else {}
+        timings = json.loads(report.read_text()).get("timings_s", {}) if report.exists() else {}
+    return {"urls": len(urls), "limit": limit, "returncode": done.returncode, "seconds_wall": round(watch.seconds, 3),
+            "counts": counts, "timings_s": timings, "stderr_tail": done.stderr[-600:] if done.returncode else None}

@@ -13,7 +13,8 @@ from PIL import Image, ImageFile
 from common.config import Settings
 from common.devkit import planted
 from common.pipeline import quality
-from common.pipeline.accept import Checked, Rejected, StagedImage, check_download, encode_kept, stage_download
+from common.pipeline.accept import (Checked, Rejected, StagedImage, check_download, decode_for_checks, encode_kept,
+                                    stage_download)
 from common.pipeline.decode import DecodeError, decode_image, draft_scale
 
 SETTINGS = Settings()
@@ -51,11 +52,13 @@ def test_a_large_jpeg_is_checked_on_a_smaller_decode_with_its_full_size_reported
         checked = check_download("u", data, SETTINGS)
         assert isinstance(checked, Checked), checked
         assert (checked.width, checked.height) == upright.size
+        decoded, work, size = decode_for_checks(Image.open(io.BytesIO(data)), data, SETTINGS.sharpness_side)
+        assert decoded.size == (1500, 1100) and size == upright.size
         # The working copy is the full decode's 1/6 area-average in size (the 1/2 decode shrunk by 3)
         # and nearly in pixels; the full decode is left for export.
         full = quality.downscale_long_side(np.asarray(decode_image(data)), SETTINGS.sharpness_side)
-        assert checked.work.shape == full.shape
-        assert np.abs(checked.work.astype(np.float32) - full).mean() < 2.0
+        assert work.shape == full.shape
+        assert np.abs(work.astype(np.float32) - full).mean() < 2.0
 
 
 def _difference(a: Image.Image, b: Image.Image) -> float:

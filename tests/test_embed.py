@@ -138,3 +138,42 @@ def test_clip_input_is_read_from_the_saved_json_without_transformers(embedder: C
     empty.mkdir()
     with pytest.raises(ModelLoadError, match="has none of preprocessor_config.json, processor_config.json"):
         read_clip_input(str(empty))
+
+
+class _Loading:
+    """An embedder whose model is still loading until `loaded` is set; counts its batches."""
+
+    def __init__(self) -> None:
+        self.loaded, self.batches = False, []
+
+    def ready(self) -> bool:
+        return self.loaded
+
+    def embed_prepared(self, pixels: np.ndarray) -> np.ndarray:
+        self.batches.append(len(pixels))
+        return np.ones((len(pixels), 4), np.float32)
+
+
+def test_checked_images_wait_in_a_bounded_backlog_while_the_model_loads() -> None:
+    from common.pipeline.accept import StagedImage
+    from common.pipeline.collect import Collected, _Embedder
+    from common.pipeline.progress import SilentProgress
+
+    model, result = _Loading(), Collected()
+    batcher = _Embedder(model, 4, result, SilentProgress(), backlog=3)  # type: ignore[arg-type]
+
+    def staged(i: int) -> StagedImage:
+        return StagedImage(f"u{i}", f"{i:064x}", Path("x"), 1, 1, "jpeg", {}, None, np.zeros(3))  # type: ignore[arg-type]
+
+    for i in range(11):
+        batcher.add(staged(i))
+    assert model.batches == []  # the caller went on downloading and checking instead of waiting
+    batcher.add(staged(11))  # 3 batches waiting: the backlog's bound, so this one waits for the model
+    assert model.batches == [4, 4, 4]
+    model.loaded = True
+    for i in range(12, 17):
+        batcher.add(staged(i))
+    batcher.flush()
+    assert model.batches == [4, 4, 4, 4, 1]
+    assert [s.url for s in result.staged] == [f"u{i}" for i in range(17)]
+    assert all(s.pixel_values is None for s in result.staged)

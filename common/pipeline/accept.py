@@ -69,15 +69,26 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Checked:
-    """What the pure per-image work hands back (picklable: it crosses the decode pool's pipes)."""
+    """What the pure per-image work hands back (picklable: it crosses the decode pool's pipes,
+    so it holds only what staging needs; no pixels but CLIP's input)."""
 
     url: str
     width: int
     height: int
     scores: dict[str, float]
-    work: np.ndarray = field(repr=False)  # the downscaled working copy: checks, hashes, CLIP
     fingerprint: Fingerprint = field(repr=False)
-    pixel_values: np.ndarray | None = field(default=None, repr=False)  # CLIP's input, made from `work`
+    pixel_values: np.ndarray | None = field(default=None, repr=False)  # CLIP's input, made from the working copy
+
+
+def decode_for_checks(header: Image.Image, data: bytes, side: int) -> tuple[Image.Image, np.ndarray, tuple[int, int]]:
+    """The upright picture as decoded for the checks, its working copy at most `side` a side, and
+    the full upright size. One working copy feeds every check, hash and CLIP: full-size pixel work
+    was most of the per-image cost. A large JPEG is decoded that small to begin with (and in full
+    again only if it is kept, at export)."""
+    full = header.size
+    image = to_upright_rgb(header, data, draft_scale(header, side))
+    upright = full if image.size == header.size else full[::-1]  # EXIF turned it a quarter: swap
+    return image, downscale_long_side(as_array(image), side), upright
 
 
 def check_download(url: str, data: bytes, settings: Settings, clip: ClipInput | None = None) -> Checked | Rejected:
@@ -91,21 +102,15 @@ def check_download(url: str, data: bytes, settings: Settings, clip: ClipInput | 
         size = assess_size(*header.size, settings)
         if size.reason:
             return Rejected(url, size.reason, size.detail or "", size.scores)
-        full = header.size
-        image = to_upright_rgb(header, data, draft_scale(header, settings.sharpness_side))
+        image, work, (width, height) = decode_for_checks(header, data, settings.sharpness_side)
     except DecodeError as exc:
         return Rejected(url, exc.reason, exc.detail)
-    width, height = full if image.size == header.size else full[::-1]  # turned upright: swap
-    # One working copy, at most sharpness_side a side, feeds every check, hash and CLIP: full-size
-    # pixel work was most of the per-image cost. A JPEG is decoded that small to begin with, and
-    # decoded in full again only if it is kept (at export).
-    work = downscale_long_side(as_array(image), settings.sharpness_side)
     pixels = assess_pixels(work, settings)
     scores = {**size.scores, **pixels.scores}
     if pixels.reason:
         return Rejected(url, pixels.reason, pixels.detail or "", scores)
     work_image = Image.fromarray(work)
-    return Checked(url, width, height, scores, work, fingerprint(image, work_image),
+    return Checked(url, width, height, scores, fingerprint(image, work_image),
                    clip.prepare(work_image) if clip else None)
 
 

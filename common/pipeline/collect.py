@@ -1,7 +1,7 @@
 """Download, check and embed candidates in one overlapped pass with bounded memory.
 
 An asyncio thread downloads; a thread pool hands each file to a decode worker process (decode,
-checks and re-encoding there, killed past its time budget: see decode_pool) and stages what comes
+checks, fingerprints and CLIP's input there, killed past its time budget: see decode_pool) and stages what comes
 back; the calling thread embeds full batches as they form. Queues are bounded, so memory does
 not grow with the number of candidates, and the network and decoding overlap with the (slowest)
 embedding.
@@ -114,29 +114,31 @@ def _next(results: queue.Queue[object], progress: Progress) -> object:
 
 
 class _Embedder:
-    """Accumulates staged images and embeds them batch by batch."""
+    """Accumulates staged images and embeds them batch by batch. While the model is still loading,
+    up to `backlog` batches wait in memory, so downloads and checks go on instead of stalling."""
 
-    def __init__(self, embedder: ClipEmbedder, batch_size: int, result: Collected, progress: Progress) -> None:
+    def __init__(self, embedder: ClipEmbedder, batch_size: int, result: Collected, progress: Progress,
+                 backlog: int = 8) -> None:
         self.embedder, self.batch_size, self.result, self.progress = embedder, batch_size, result, progress
+        self.backlog = backlog * batch_size
         self.pending: list[StagedImage] = []
 
     def add(self, staged: StagedImage) -> None:
         self.pending.append(staged)
-        if len(self.pending) >= self.batch_size:
+        if len(self.pending) >= self.batch_size and (self.embedder.ready() or len(self.pending) >= self.backlog):
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        started = time.perf_counter()
-        vectors = self.embedder.embed_prepared(np.stack([s.pixel_values for s in self.pending]))
-        self.result.embed_seconds += time.perf_counter() - started
-        for staged in self.pending:
-            staged.pixel_values = None  # the staged JPEG on disk is all that is kept
-        self.result.staged.extend(self.pending)
-        self.result.embeddings.append(vectors)
-        self.progress.advance("embed", len(self.pending))
-        self.pending = []
+        while self.pending:
+            batch, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size :]
+            started = time.perf_counter()
+            vectors = self.embedder.embed_prepared(np.stack([s.pixel_values for s in batch]))
+            self.result.embed_seconds += time.perf_counter() - started
+            for staged in batch:
+                staged.pixel_values = None  # the staged download on disk is all that is kept
+            self.result.staged.extend(batch)
+            self.result.embeddings.append(vectors)
+            self.progress.advance("embed", len(batch))
 
 
 def stage_stream(

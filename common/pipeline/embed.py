@@ -55,6 +55,10 @@ class ClipEmbedder:
         self.text_model_name = text_model
         self._text_encoder: Any = None
 
+    def ready(self) -> bool:
+        """Loaded in the constructor: always ready (a LoadingEmbedder says otherwise while it loads)."""
+        return True
+
     @property
     def logit_scale(self) -> float:
         """CLIP's learned temperature (100 for ViT-B/32): the scale its similarities are meant on."""

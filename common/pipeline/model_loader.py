@@ -39,6 +39,10 @@ class LoadingEmbedder:
         finally:
             self._done.set()
 
+    def ready(self) -> bool:
+        """Whether using the model would start at once (loaded, or failed to)."""
+        return self._done.is_set()
+
     def loaded(self) -> ClipEmbedder:
         self._done.wait()
         if self._error is not None:
