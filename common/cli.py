@@ -57,7 +57,7 @@ def build(
     out: Annotated[Optional[Path], Opt(help="Output folder, inside the data folder (CVDB_DATA_ROOT). Default: <data>/<query>.")] = None,
     select: Annotated[Optional[str], Opt(help="Which cluster to keep: query (best match for the query text) or largest (the original rule).")] = None,
     model: Annotated[Optional[str], Opt(help="CLIP model: a Hugging Face name or a local folder saved with save_pretrained.")] = None,
-    text_model: Annotated[Optional[str], Opt(help="Text encoder aligned with CLIP's image space for non-English queries (sentence-transformers name or path).")] = None,
+    text_model: Annotated[Optional[str], Opt(help="What scores the query: auto (CLIP's own text tower for English, a multilingual encoder trained into CLIP's image space for any other language; the default), none (always CLIP's own), or a sentence-transformers encoder name or folder.")] = None,
     device: Annotated[Optional[str], Opt(help="auto (CUDA when present), cpu, cuda, cuda:1 ...")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Images per CLIP batch.")] = None,
     oversample: Annotated[Optional[float], Opt(help="Collect this many times --limit candidates: filters drop many.")] = None,
@@ -89,11 +89,14 @@ def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: s
     from common.pipeline.run_local import BuildError, candidate_budget
     from common.pipeline.run_local import build as build_dataset
     from common.pipeline.sources import SourceError, search
+    from common.pipeline.text_encoder import query_encoder
 
     try:
         # The model loads while the search and the first downloads run; the first batch waits for it.
-        embedder = LoadingEmbedder(settings.model, settings.device, settings.text_model)
-        err.print(f"Loading CLIP model {settings.model} in the background")
+        encoder = query_encoder(query, settings)
+        embedder = LoadingEmbedder(settings.model, settings.device, encoder)
+        err.print(f"Loading CLIP model {settings.model} in the background"
+                  + (f", and the text encoder {encoder} for the query" if encoder else ""))
         with err.status(f"Searching {settings.source} for {query!r} ..."):
             found = search(query, candidate_budget(limit, settings), settings, urls_file=urls_file)
         err.print(f"{len(found.candidates)} candidates from {found.served_by}")

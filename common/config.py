@@ -69,7 +69,12 @@ class Settings(BaseSettings):
 
     # CLIP.
     model: str = "openai/clip-vit-base-patch32"
-    text_model: str | None = None
+    # Which text encoder scores the query: "auto" (CLIP's own text tower for an English query, the
+    # multilingual encoder for any other), "none" (always CLIP's own), or a sentence-transformers
+    # encoder trained into the CLIP model's image space (a hub name or a local folder).
+    text_model: str = Field("auto", min_length=1)
+    # The encoder "auto" uses for non-English queries; unset: the one known for `model`.
+    multilingual_text_model: str | None = None
     device: str = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     # The service's GPU worker embeds whole jobs: larger batches on CUDA (unset: 256 there,

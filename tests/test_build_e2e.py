@@ -150,10 +150,36 @@ def _majority_label(run: Run, scenario: Scenario) -> str:
     return max(set(labels), key=labels.count)
 
 
-def test_korean_query_finds_the_same_target(tiny_clip: Path, scenario: Scenario, tmp_path: Path) -> None:
-    run = cvdb_build(tmp_path, tiny_clip, scenario.urls, query=corpus.CLASSES[corpus.TARGET].captions_ko[1])
-    assert run.code == 0, run.stderr
-    assert _majority_label(run, scenario) == corpus.TARGET
+def test_a_korean_query_is_scored_by_the_multilingual_encoder_and_keeps_the_target(
+        tiny_clip: Path, scenario: Scenario, tmp_path: Path) -> None:
+    """The tiny CLIP learned English captions only, as real CLIP did. Through its own text tower a
+    Korean query matches no group in particular, and the bigger off-topic group wins on size; the
+    default `auto` scores it with the distilled multilingual student and keeps the target."""
+    korean = corpus.CLASSES[corpus.TARGET].captions_ko[1]
+    by_auto = cvdb_build(tmp_path / "auto", tiny_clip, scenario.urls, query=korean)
+    by_clip = cvdb_build(tmp_path / "none", tiny_clip, scenario.urls, "--text-model", "none", query=korean)
+    assert by_auto.code == 0 and by_clip.code == 0, by_auto.stderr + by_clip.stderr
+    assert _majority_label(by_auto, scenario) == corpus.TARGET
+    assert _majority_label(by_clip, scenario) == corpus.DISTRACTOR
+    assert by_auto.report["query_encoder"] == "multilingual"  # a local folder, by its name
+    assert by_clip.report["query_encoder"] == "clip"
+    assert "text encoder" in by_auto.stderr
+
+
+def test_an_english_query_keeps_clips_own_text_tower(query_run: Run) -> None:
+    assert query_run.report["query_encoder"] == "clip"
+    assert query_run.report["thresholds"]["text_model"] == "auto"
+
+
+def test_a_text_encoder_that_cannot_be_had_is_a_clear_error(tiny_clip: Path, scenario: Scenario,
+                                                              tmp_path: Path) -> None:
+    korean = corpus.CLASSES[corpus.TARGET].captions_ko[1]
+    run = cvdb_build(tmp_path, tiny_clip, scenario.urls[:20], "--limit", "5", query=korean,
+                     settings={"multilingual_text_model": tmp_path / "no-encoder"})
+    assert run.code == 1
+    said = " ".join(run.stderr.split())
+    assert "could not load the text encoder" in said and "--text-model none" in said, said
+    assert not run.out.exists()  # the folder it claimed is given up again
 
 
 def test_nothing_kept_exits_non_zero_and_says_why(tiny_clip: Path, image_server: Any, tmp_path: Path) -> None:
@@ -191,7 +217,7 @@ def test_a_model_that_fails_while_the_build_runs_loses_nothing(tiny_clip: Path, 
     broken = tmp_path / "broken-model"
     broken.mkdir()
     for item in tiny_clip.iterdir():
-        if item.name != "model.safetensors":
+        if item.is_file() and item.name != "model.safetensors":
             shutil.copy(item, broken / item.name)
     first = cvdb_build(tmp_path / "a", tiny_clip, scenario.urls[:30], "--limit", "5")
     assert first.code == 0, first.stderr[-1000:]

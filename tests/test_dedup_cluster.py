@@ -164,7 +164,8 @@ class _QueryEmbedder:
     def __init__(self, query: np.ndarray) -> None:
         self.query = query
 
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
+    def embed_texts(self, texts: list[str], encoder: str | None = None) -> np.ndarray:
+        assert encoder is None  # an English query: CLIP's own text tower
         return np.stack([self.query for _ in texts])
 
 
@@ -181,7 +182,7 @@ def test_a_cluster_over_the_limit_keeps_its_best_matches_and_drops_the_rest_as_o
     collected = Collected(staged=staged, embeddings=[vectors], outcomes={s.url: Outcome(s.url) for s in staged})
     embedder = _QueryEmbedder(query / np.linalg.norm(query))
     kept, selection, sims = run_local._select("q", 3, collected, Settings(), embedder,  # type: ignore[arg-type]
-                                              SilentProgress(), {})
+                                              None, SilentProgress(), {})
     assert selection.chosen is not None and selection.chosen.size == 6
     assert [image.url for image in kept] == ["http://x/1.jpg", "http://x/3.jpg", "http://x/5.jpg"]  # best first
     assert sims["http://x/1.jpg"] > sims["http://x/3.jpg"] > sims["http://x/5.jpg"] > sims["http://x/4.jpg"]

@@ -81,18 +81,47 @@ def _sentence_encoder(directory: Path, dim: int) -> Path:
 
 def test_a_separate_text_encoder_embeds_the_query(tiny_clip: Path, embedder: ClipEmbedder, tmp_path: Path) -> None:
     encoder = _sentence_encoder(tmp_path, embedder.dim)
-    multilingual = ClipEmbedder(str(tiny_clip), text_model=str(encoder))
-    vectors = multilingual.embed_texts(["해바라기 사진", "a photo of sunflower"])
+    vectors = embedder.embed_texts(["해바라기 사진", "a photo of sunflower"], str(encoder))
     expected = SentenceTransformer(str(encoder), device="cpu").encode(["해바라기 사진", "a photo of sunflower"])
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     assert np.allclose(vectors, expected, atol=1e-5)
     assert not np.allclose(vectors[1], embedder.embed_texts(["a photo of sunflower"])[0], atol=1e-2)
+    assert embedder.text_encoder(str(encoder)) is embedder.text_encoder(str(encoder))  # loaded once, kept
 
 
 def test_a_text_encoder_of_the_wrong_width_is_refused(tiny_clip: Path, embedder: ClipEmbedder, tmp_path: Path) -> None:
     encoder = _sentence_encoder(tmp_path, embedder.dim + 3)
     with pytest.raises(ModelLoadError, match="dimensional vectors"):
-        ClipEmbedder(str(tiny_clip), text_model=str(encoder)).embed_texts(["고양이"])
+        embedder.embed_texts(["고양이"], str(encoder))
+
+
+def test_a_missing_text_encoder_says_what_to_do(embedder: ClipEmbedder, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="could not load the text encoder .*--text-model none"):
+        embedder.embed_texts(["고양이"], str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(("query", "settings", "expected"), [
+    ("red panda", {}, None),  # English: CLIP's own text tower
+    ("고양이", {}, "sentence-transformers/clip-ViT-B-32-multilingual-v1"),  # known for ViT-B/32
+    ("café au lait", {}, "sentence-transformers/clip-ViT-B-32-multilingual-v1"),  # not ASCII: multilingual
+    ("고양이", {"text_model": "none"}, None),
+    ("red panda", {"text_model": "my/encoder"}, "my/encoder"),  # an explicit encoder scores every query
+    ("고양이", {"model": "/models/clip", "multilingual_text_model": "/models/student"}, "/models/student"),
+])
+def test_the_query_encoder_follows_the_query_and_the_settings(query: str, settings: dict[str, str],
+                                                               expected: str | None) -> None:
+    from common.config import Settings
+    from common.pipeline.text_encoder import query_encoder
+
+    assert query_encoder(query, Settings(**settings)) == expected
+
+
+def test_a_non_english_query_with_no_known_encoder_says_what_to_do() -> None:
+    from common.config import Settings
+    from common.pipeline.text_encoder import query_encoder
+
+    with pytest.raises(ModelLoadError, match="CVDB_MULTILINGUAL_TEXT_MODEL .*--text-model none"):
+        query_encoder("고양이", Settings(model="someone/clip-vit-large"))
 
 
 SIZES = [(64, 64), (65, 64), (64, 65), (37, 100), (100, 37), (511, 383), (383, 512), (1000, 224), (99, 98)]

@@ -97,6 +97,10 @@ def test_two_jobs_at_once_both_finish_on_both_cpu_workers(service: Service) -> N
     logs = "".join(service.api("GET", f"/api/jobs/{j}/log").json()["log"] for j in ids)
     workers = {line.split("(worker ")[1].split("@")[0] for line in logs.splitlines() if "(worker " in line}
     assert workers == {"cpu-1", "cpu-2"}
+    # The Korean query was scored by the multilingual encoder in the GPU worker, the English by CLIP's own.
+    reports = [service.api("GET", f"/api/jobs/{j}/report").json() for j in ids]
+    assert [r["query_encoder"] for r in reports] == ["clip", "multilingual"]
+    assert reports[0]["chosen_cluster"] == reports[1]["chosen_cluster"]  # the same group, whichever language
 
 
 def slow_urls(image_server: ImageServer, n: int, seconds: float, tag: str) -> list[str]:

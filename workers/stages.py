@@ -25,7 +25,7 @@ from common.models import Candidate as CandidateRow
 from common.models import Job
 from common.pipeline import export, staging
 from common.pipeline.accept import Rejected, StagedImage
-from common.pipeline.clip_input import ClipInput, read_clip_input
+from common.pipeline.clip_input import ClipInput, ModelLoadError, read_clip_input
 from common.pipeline.collect import Collected, rejection_extra, stage_stream
 from common.pipeline.embed import ClipEmbedder
 from common.pipeline.progress import Cancelled, SilentProgress
@@ -33,6 +33,7 @@ from common.pipeline.records import Candidate, Outcome
 from common.pipeline.run_local import BuildError, candidate_budget, finish
 from common.pipeline.sources import SearchResult, SourceError, search
 from common.pipeline.sources.urls import UrlsSource
+from common.pipeline.text_encoder import query_encoder
 from workers import jobstate
 from workers.jobstate import JobError, job_settings
 
@@ -83,9 +84,10 @@ def run_search(job_id: str) -> list[int]:
     jobstate.log_line(job_id, f"searching {job.source} for {job.query!r}")
     db.session.commit()
     try:
+        query_encoder(job.query, settings)  # a query no encoder can score fails now, not after the downloads
         export.prepare_output(jobstate.output_dir(job, settings), overwrite=False, owner=job.id)
         found = _find(job)
-    except (SourceError, export.OutputError) as exc:
+    except (SourceError, export.OutputError, ModelLoadError) as exc:
         raise JobError(str(exc)) from exc
     if not found.candidates:
         raise JobError(f"{found.served_by} found no image URLs for {job.query!r}; try another query or source")

@@ -24,7 +24,7 @@ from workers.jobstate import JobError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_embedders: dict[tuple[str, str, str | None], ClipEmbedder] = {}
+_embedders: dict[tuple[str, str], ClipEmbedder] = {}  # each keeps the text encoders it has loaded
 
 
 def embedder_for(job_id: str) -> ClipEmbedder:
@@ -34,7 +34,7 @@ def embedder_for(job_id: str) -> ClipEmbedder:
 
 
 def _embedder(settings: Settings) -> ClipEmbedder:
-    key = (settings.model, settings.device, settings.text_model)
+    key = (settings.model, settings.device)
     if key not in _embedders:
         _embedders[key] = ClipEmbedder(*key)
     return _embedders[key]

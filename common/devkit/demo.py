@@ -21,9 +21,14 @@ TINY_MODEL_NEAR_DUPLICATE_COSINE = 1.0
 
 
 def tiny_model_settings(model_dir: Path) -> dict[str, object]:
-    """Settings for runs against fixture servers on 127.0.0.1 with the tiny model."""
+    """Settings for runs against fixture servers on 127.0.0.1 with the tiny model (and, for
+    non-English queries, its distilled multilingual student, when the folder has one)."""
+    from common.devkit.tiny_clip import MULTILINGUAL
+
+    student = model_dir / MULTILINGUAL
     return {
         "model": str(model_dir),
+        **({"multilingual_text_model": str(student)} if student.is_dir() else {}),
         "allow_private_addresses": True,
         "near_duplicate_cosine": TINY_MODEL_NEAR_DUPLICATE_COSINE,
         "retry_backoff_s": 0.05,

@@ -165,7 +165,9 @@ class TrainSettings:
     class_temperature: float = 0.1
     instance_weight: float = 0.25
     instance_temperature: float = 0.1
-    copy_weight: float = 2.0
+    copy_weight: float = 3.0
+    foreign_texts_per_step: int = 8  # random Hangul, alone and in the prompt: see no_preference_loss
+    foreign_weight: float = 1.0
 
 
 def _augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -220,8 +222,9 @@ def _training_data(settings: TrainSettings, processor: CLIPProcessor, seed: int)
 
 
 def _captions(name: str) -> tuple[str, ...]:
-    entry = corpus.CLASSES[name]
-    return entry.captions_en + entry.captions_ko
+    """English only, as real CLIP learned: other languages come through the distilled student
+    (tiny_multilingual), as they do through clip-ViT-B-32-multilingual-v1."""
+    return corpus.CLASSES[name].captions_en
 
 
 # ---------------------------------------------------------------- losses
@@ -274,11 +277,29 @@ def copy_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return (1 - (first * second).sum(dim=1)).mean()
 
 
+def no_preference_loss(texts: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The variance, over the classes, of a text's cosine with each class's mean picture.
+
+    Why: real CLIP's text tower learned from English captions, so a prompt in a language it never
+    learned (Korean) lands near nothing in particular. A tiny model left alone maps such bytes to
+    some class by chance; trained on random Hangul toward no preference, it behaves like the real
+    one, and the corpus's Korean captions (never seen) then say nothing to its text tower.
+    """
+    means = F.normalize(torch.stack([images[labels == k].mean(0) for k in labels.unique()]), dim=-1)
+    return (texts @ means.T).var(dim=1).mean()
+
+
+def foreign_texts(rng: np.random.Generator, count: int) -> list[str]:
+    """Random Hangul words (never the corpus's Korean captions), alone and in the pipeline's prompt."""
+    words = ["".join(chr(0xAC00 + int(rng.integers(11172))) for _ in range(int(rng.integers(1, 5)))) for _ in range(count)]
+    return [word if i % 2 else f"a photo of {word}" for i, word in enumerate(words)]
+
+
 # ---------------------------------------------------------------- training loop
 
 
 @contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -304,23 +325,28 @@ def _batch(data: TrainingData, batch_images: int, rng: np.random.Generator) -> t
     return torch.from_numpy(first), torch.from_numpy(second), data.labels[picks]
 
 
-def _losses(model: CLIPModel, tokens: dict[str, torch.Tensor], data: TrainingData, settings: TrainSettings, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+def _losses(model: CLIPModel, processor: CLIPProcessor, tokens: dict[str, torch.Tensor], data: TrainingData,
+            settings: TrainSettings, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     first, second, labels = _batch(data, settings.batch_images, rng)
     images = F.normalize(image_features(model, torch.cat([first, second])), dim=-1)
     picked = torch.from_numpy(rng.choice(len(data.captions), size=min(settings.captions_per_step, len(data.captions)), replace=False))
     texts = F.normalize(_pooled(model.get_text_features(**{k: v[picked] for k, v in tokens.items()})), dim=-1)
+    foreign = F.normalize(text_features(model, processor, foreign_texts(rng, settings.foreign_texts_per_step)), dim=-1)
     both, half = torch.cat([labels, labels]), len(labels)
     return {
         "clip": clip_loss(images, texts, both, data.caption_labels[picked], model.logit_scale.exp()),
         "class": class_loss(images, both, settings.class_temperature),
         "instance": instance_loss(images[:half], images[half:], settings.instance_temperature),
         "copy": copy_loss(images[:half], images[half:]),
+        "foreign": no_preference_loss(foreign, images, both),
     }
 
 
-def _train_step(model: CLIPModel, tokens: dict[str, torch.Tensor], data: TrainingData, settings: TrainSettings, rng: np.random.Generator) -> dict[str, float]:
-    losses = _losses(model, tokens, data, settings, rng)
-    weights = {"clip": 1.0, "class": settings.class_weight, "instance": settings.instance_weight, "copy": settings.copy_weight}
+def _train_step(model: CLIPModel, processor: CLIPProcessor, tokens: dict[str, torch.Tensor], data: TrainingData,
+                settings: TrainSettings, rng: np.random.Generator) -> dict[str, float]:
+    losses = _losses(model, processor, tokens, data, settings, rng)
+    weights = {"clip": 1.0, "class": settings.class_weight, "instance": settings.instance_weight, "copy": settings.copy_weight,
+               "foreign": settings.foreign_weight}
     total = torch.stack([weights[name] * loss for name, loss in losses.items()]).sum()
     total.backward()
     return {"loss": total.item()} | {name: loss.item() for name, loss in losses.items()}
@@ -345,7 +371,8 @@ def _fit(model: CLIPModel, processor: CLIPProcessor, data: TrainingData, setting
         for group in optimiser.param_groups:
             group["lr"] = _learning_rate(step, settings)
         optimiser.zero_grad(set_to_none=True)
-        history.append(_train_step(model, {k: tokens[k] for k in ("input_ids", "attention_mask")}, data, settings, rng))
+        history.append(_train_step(model, processor, {k: tokens[k] for k in ("input_ids", "attention_mask")}, data,
+                                   settings, rng))
         optimiser.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))  # CLIP clips its temperature at 100
@@ -376,7 +403,7 @@ def train_with(out_dir: Path, settings: TrainSettings, seed: int = 0) -> Path:
     """`train_tiny_clip` with every training knob exposed."""
     started, cpu_started = time.perf_counter(), time.process_time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _torch_threads(max(1, min(2, os.cpu_count() or 1))):
+    with torch_threads(max(1, min(2, os.cpu_count() or 1))):
         torch.manual_seed(seed)
         processor = CLIPProcessor(image_processor=build_image_processor(), tokenizer=build_tokenizer(out_dir))
         data = _training_data(settings, processor, seed)
@@ -455,7 +482,7 @@ def shift_text_embeddings(src: Path, dst: Path, *, target_match_cosine: float = 
     no longer separate classes; `logit_scale` (real CLIP's 100 by default, None keeps the trained one)
     restores a realistic temperature for the product's `log(size) + logit_scale * similarity` rule.
     """
-    with _torch_threads(max(1, min(2, os.cpu_count() or 1))):
+    with torch_threads(max(1, min(2, os.cpu_count() or 1))):
         model = CLIPModel.from_pretrained(src).eval()
         processor = CLIPProcessor.from_pretrained(src)
         calibration = _calibration(model, processor)
@@ -489,7 +516,7 @@ def shift_text_embeddings(src: Path, dst: Path, *, target_match_cosine: float = 
 def _cache_key() -> str:
     """Changes whenever the corpus or the training code does, so a stale model is never reused."""
     digest = hashlib.sha256()
-    for module in (corpus.__file__, __file__):
+    for module in (corpus.__file__, __file__, Path(__file__).with_name("tiny_multilingual.py")):
         digest.update(Path(module).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -522,9 +549,19 @@ def _build_once(final: Path, build: Callable[[Path], object]) -> Path:
     return final
 
 
+MULTILINGUAL = "multilingual"  # the student text encoder's folder inside the tiny CLIP's
+
+
 def ensure_tiny_clip(cache_dir: Path) -> Path:
-    """The trained tiny CLIP folder under `cache_dir`, training it on first use."""
-    return _build_once(cache_dir / f"tiny-clip-{_cache_key()}", lambda staging: train_tiny_clip(staging))
+    """The trained tiny CLIP folder under `cache_dir`, training it (and distilling its multilingual
+    student into its `multilingual` folder) on first use."""
+    def build(staging: Path) -> None:
+        from common.devkit.tiny_multilingual import distill_student
+
+        train_tiny_clip(staging)
+        distill_student(staging, staging / MULTILINGUAL)
+
+    return _build_once(cache_dir / f"tiny-clip-{_cache_key()}", build)
 
 
 def ensure_shifted_tiny_clip(cache_dir: Path) -> Path:

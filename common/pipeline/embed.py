@@ -41,7 +41,7 @@ def load_processor(model: str) -> CLIPProcessor:
 class ClipEmbedder:
     """Loads the model once; `prepare` is thread-safe CPU work, `embed_prepared` runs the network."""
 
-    def __init__(self, model: str, device: str = "auto", text_model: str | None = None) -> None:
+    def __init__(self, model: str, device: str = "auto") -> None:
         self.model_name = model
         self.device = pick_device(device)
         # fp16 halves memory and doubles throughput on CUDA; CPU kernels want fp32.
@@ -52,8 +52,7 @@ class ClipEmbedder:
             self.model = CLIPModel.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise cannot_load(model, exc) from exc
-        self.text_model_name = text_model
-        self._text_encoder: Any = None
+        self._text_encoders: dict[str, Any] = {}  # loaded once each, kept for later queries
 
     def ready(self) -> bool:
         """Loaded in the constructor: always ready (a LoadingEmbedder says otherwise while it loads)."""
@@ -85,36 +84,38 @@ class ClipEmbedder:
         return int(self.model.config.projection_dim)
 
     @torch.inference_mode()
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if self.text_model_name:
-            return self._embed_texts_multilingual(texts)
+    def embed_texts(self, texts: Sequence[str], encoder: str | None = None) -> np.ndarray:
+        """Unit vectors in the image space: from CLIP's own text tower, or with `encoder`, from a
+        sentence-transformers encoder trained into it (e.g. clip-ViT-B-32-multilingual-v1)."""
+        if encoder is not None:
+            return _normalise(self.text_encoder(encoder).encode(list(texts), convert_to_tensor=True))
         tokens = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         return _normalise(_features(self.model.get_text_features(**tokens)))
 
-    def _embed_texts_multilingual(self, texts: Sequence[str]) -> np.ndarray:
-        """A text encoder trained into CLIP's image space (e.g. clip-ViT-B-32-multilingual-v1)."""
-        if self._text_encoder is None:
+    def text_encoder(self, name: str) -> Any:
+        """The sentence-transformers encoder `name`, loaded (or downloaded) on first use, its width checked."""
+        if name not in self._text_encoders:
+            from sentence_transformers import SentenceTransformer
+
             try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError as exc:
+                encoder = SentenceTransformer(name, device=str(self.device))
+            except (OSError, ValueError) as exc:
                 raise ModelLoadError(
-                    "CVDB_TEXT_MODEL needs sentence-transformers: pip install sentence-transformers"
-                ) from exc
-            self._text_encoder = SentenceTransformer(self.text_model_name, device=str(self.device))
-        vectors = _normalise(self._text_encoder.encode(list(texts), convert_to_tensor=True))
-        if vectors.shape[1] != self.dim:
-            raise ModelLoadError(
-                f"text model {self.text_model_name!r} gives {vectors.shape[1]}-dimensional vectors but "
-                f"{self.model_name!r} embeds images in {self.dim} dimensions; use a text encoder trained "
-                "into this CLIP model's image space"
-            )
-        return vectors
+                    f"could not load the text encoder {name!r}: {str(exc).rstrip('. ')}. Give a sentence-transformers "
+                    "model this machine can download, or a local folder (--text-model / CVDB_TEXT_MODEL, "
+                    "CVDB_MULTILINGUAL_TEXT_MODEL), or pass --text-model none") from exc
+            width = encoder.get_embedding_dimension() or len(encoder.encode(["a"])[0])
+            if width != self.dim:
+                raise ModelLoadError(
+                    f"text encoder {name!r} gives {width}-dimensional vectors but {self.model_name!r} embeds images "
+                    f"in {self.dim} dimensions; use a text encoder trained into this CLIP model's image space")
+            self._text_encoders[name] = encoder
+        return self._text_encoders[name]
 
     def describe(self) -> dict[str, object]:
         return {
             "model": self.model_name,
-            "text_model": self.text_model_name,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "logit_scale": round(self.logit_scale, 4),

@@ -1,4 +1,5 @@
-"""The CLIP model loading in a thread while the search and the first downloads run.
+"""The CLIP model (and the query's text encoder) loading in a thread while the search and the
+first downloads run.
 
 Importing torch and transformers and loading the weights take seconds; nothing before the first
 batch needs them. CLIP's input numbers are read from the model's JSON at once (no torch), so
@@ -20,9 +21,9 @@ class LoadingEmbedder:
     """Stands in for a ClipEmbedder from the moment it is made; any use beyond `clip_input`
     waits for the model (and raises its ModelLoadError, if loading failed)."""
 
-    def __init__(self, model: str, device: str = "auto", text_model: str | None = None) -> None:
+    def __init__(self, model: str, device: str = "auto", text_encoder: str | None = None) -> None:
         self.clip_input = read_clip_input(model)  # a wrong model name fails here, before the search
-        self._args = (model, device, text_model)
+        self._args, self._text_encoder = (model, device), text_encoder
         self._done = threading.Event()
         self._embedder: ClipEmbedder | None = None
         self._error: BaseException | None = None
@@ -33,7 +34,10 @@ class LoadingEmbedder:
         try:
             from common.pipeline.embed import ClipEmbedder
 
-            self._embedder = ClipEmbedder(*self._args)
+            embedder = ClipEmbedder(*self._args)
+            if self._text_encoder is not None:  # the query's encoder, if not CLIP's own: loaded here too
+                embedder.text_encoder(self._text_encoder)
+            self._embedder = embedder
         except BaseException as exc:  # handed to whoever waits for the model
             self._error = exc
         finally:

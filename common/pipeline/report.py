@@ -23,9 +23,10 @@ _DOWNLOAD_STAGE = {"duplicate_url", "invalid_url", "blocked_address", "timeout",
 _QUALITY_STAGE = {"decode_error", "truncated", "decompression_bomb", "too_many_scans", "decode_timeout",
                   "too_small", "bad_aspect_ratio", "blurry", "too_dark", "washed_out", "low_information"}
 _DUPLICATE_STAGE = {"duplicate_bytes", "duplicate_pixels", "near_duplicate_phash", "near_duplicate_embedding"}
-_PACKAGES = ("torch", "transformers", "scikit-learn", "numpy", "pillow", "opencv-python", "ImageHash", "aiohttp")
+_PACKAGES = ("torch", "transformers", "sentence-transformers", "scikit-learn", "numpy", "pillow", "opencv-python", "xxhash",
+             "aiohttp")
 # Settings that may name a local folder rather than a hub model.
-_MODEL_FIELDS = ("model", "text_model")
+_MODEL_FIELDS = ("model", "text_model", "multilingual_text_model")
 
 
 def stage_of(reason: str) -> str:

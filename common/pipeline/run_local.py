@@ -17,10 +17,14 @@ from common.pipeline.accept import StagedImage, encode_kept
 from common.pipeline.collect import Collected, collect
 from common.pipeline.progress import Progress, SilentProgress
 from common.pipeline.records import Candidate
-from common.pipeline.report import build_report, failure_message
+from common.pipeline.report import build_report, failure_message, portable
+from common.pipeline.text_encoder import query_encoder
 
 if TYPE_CHECKING:
     from common.pipeline.embed import ClipEmbedder
+
+
+CLIP_TEXT_TOWER = "clip"  # report.json's query_encoder when CLIP's own text tower scored the query
 
 
 class BuildError(Exception):
@@ -81,8 +85,10 @@ def finish(
     fetch and embed tasks, so both paths choose and write exactly the same way.
     """
     by_url = {c.url: c for c in candidates}
-    kept, selection, query_sims = _select(query, limit, collected, settings, embedder, progress, timings)
+    encoder = query_encoder(query, settings)
+    kept, selection, query_sims = _select(query, limit, collected, settings, embedder, encoder, progress, timings)
     report = build_report(query, limit, settings, embedder, collected, selection, kept, timings)
+    report["query_encoder"] = portable(encoder, local_folder=True) if encoder else CLIP_TEXT_TOWER
     report["source"] = source or {}
     if not kept:
         export.write_failure_report(out_dir, report)
@@ -99,7 +105,7 @@ def finish(
 
 
 def _select(
-    query: str, limit: int, collected: Collected, settings: Settings, embedder: ClipEmbedder,
+    query: str, limit: int, collected: Collected, settings: Settings, embedder: ClipEmbedder, encoder: str | None,
     progress: Progress, timings: dict[str, float],
 ) -> tuple[list[StagedImage], cluster.Selection, dict[str, float]]:
     """Remove duplicates, cluster, pick a cluster, keep its `limit` best matches."""
@@ -119,7 +125,7 @@ def _select(
 
     progress.start("cluster", len(unique))
     started = time.perf_counter()
-    query_vector = embedder.embed_texts([settings.prompt.format(query=query)])[0]
+    query_vector = embedder.embed_texts([settings.prompt.format(query=query)], encoder)[0]
     sims = vectors[unique] @ query_vector if unique else np.zeros(0)
     labels = cluster.cluster_labels(vectors[unique], settings.eps, settings.min_samples)
     summaries = cluster.summarise(labels, vectors[unique], query_vector, embedder.logit_scale)
