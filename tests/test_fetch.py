@@ -23,7 +23,7 @@ from PIL import Image
 
 from common.config import Settings
 from common.devkit.image_server import ImageServer, small_jpeg
-from common.pipeline import fetch
+from common.pipeline import fetch, reasons
 from common.pipeline.fetch import fetch_all, fetch_stream, robots_forbid, sniff_image_format
 from common.pipeline.records import Download
 
@@ -307,7 +307,7 @@ def test_one_download_per_url_and_every_reason_is_documented(server: ImageServer
     assert sorted(d.url for d in downloads) == sorted(urls)
     for download in downloads:
         assert download.reason and download.detail and download.detail.endswith(".")
-        assert fetch.explain(download.reason) != download.reason
+        assert reasons.explain(download.reason) != download.reason
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:

@@ -27,7 +27,7 @@ from common.pipeline import reasons
 from common.pipeline.accept import Checked, Rejected, StagedImage, check_download, stage_download
 from common.pipeline.decode import DecodeError, decode_image, jpeg_end
 from common.pipeline.decode_pool import DecodePool, shared_pool
-from common.pipeline.report import stage_of
+from common.pipeline.reasons import stage_of
 
 SETTINGS = Settings()
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 
-from common.pipeline.report import failure_message, stage_counts, stage_of
+from common.pipeline.reasons import stage_of
+from common.pipeline.report import failure_message, stage_counts
 
 
 def _report(candidates: int, dropped: dict[str, int]) -> dict[str, object]:
@@ -39,3 +42,10 @@ def test_counts_follow_the_stages() -> None:
                                                ("over_limit", "selection")])
 def test_every_reason_belongs_to_a_stage(reason: str, stage: str) -> None:
     assert stage_of(reason) == stage
+
+
+def test_the_reasons_registry_loads_no_stage() -> None:
+    """The API and the report explain a reason without importing OpenCV, aiohttp or torch for its string."""
+    code = "import sys, common.pipeline.reasons; print(sorted({'cv2', 'aiohttp', 'torch', 'PIL'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

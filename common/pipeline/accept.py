@@ -26,14 +26,6 @@ from common.pipeline.quality import assess_pixels, assess_size, downscale_long_s
 if TYPE_CHECKING:
     from common.pipeline.decode_pool import DecodePool
 
-DECODE_REASONS = {
-    "decode_error": "not a readable image",
-    "truncated": "image data truncated or corrupt",
-    "decompression_bomb": "declares more pixels than the decode limit",
-    "too_many_scans": "a progressive JPEG with more scans than allowed (each scan is another pass over the whole image)",
-    "decode_timeout": "decoding and checking took longer than allowed; its decoder process was stopped",
-}
-
 
 DOWNLOAD_SUFFIX = ".download"  # a staged file as downloaded; its re-encoded JPEG takes ".jpg"
 

@@ -26,13 +26,6 @@ _PHASH_SIDE, _PHASH_BITS = 32, 8
 # two small matrix products give the 8x8 low frequencies without a full transform.
 _DCT_ROWS = 2 * np.cos(np.pi * np.outer(np.arange(_PHASH_BITS), 2 * np.arange(_PHASH_SIDE) + 1) / (2 * _PHASH_SIDE))
 
-REASONS = {
-    "duplicate_bytes": "the same file was already downloaded from another URL",
-    "duplicate_pixels": "identical pixels to a better copy",
-    "near_duplicate_phash": "perceptual hash and thumbnail pixels match a better copy",
-    "near_duplicate_embedding": "CLIP embedding nearly identical to a better copy, confirmed by the thumbnail pixels",
-}
-
 
 @dataclass(frozen=True)
 class Fingerprint:

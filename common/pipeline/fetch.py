@@ -3,7 +3,7 @@
 One aiohttp session per call, with the SSRF rules of `netsafety`, a bounded number of requests in
 flight (globally and per host), capped and streamed bodies, magic-byte type detection, the
 `X-Robots-Tag` opt-out, and retries with backoff for transient failures only. A per-URL problem
-never raises: it becomes `Download(reason=<code in REASONS>, detail=<sentence>)`.
+never raises: it becomes `Download(reason=<code in reasons.REASONS>, detail=<sentence>)`.
 """
 
 from __future__ import annotations
@@ -25,19 +25,6 @@ from common.config import Settings
 from common.pipeline import netsafety
 from common.pipeline.records import Download
 
-REASONS: dict[str, str] = {
-    "invalid_url": "not a well-formed http(s) URL (scheme, host, user info, length)",
-    "blocked_address": "points at a private, local or cloud-metadata address or a disallowed port",
-    "duplicate_url": "the same URL appeared earlier in the list and was fetched once",
-    "http_<status>": "the server answered with this HTTP error status",
-    "timeout": "no complete answer within the connect/read/total time limits",
-    "connection_error": "the connection failed or broke off",
-    "too_many_redirects": "more redirects than allowed",
-    "too_large": "the body is larger than the byte cap",
-    "not_an_image": "the bytes are not JPEG, PNG, WebP, GIF or BMP, whatever the headers say",
-    "robots_noai": "the server opted out with X-Robots-Tag (noai, noimageai, noindex, noimageindex)",
-    "empty_body": "the server sent no bytes",
-}
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ROBOTS_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
 _VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
@@ -45,11 +32,6 @@ _BMP_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 _CHUNK = 64 * 1024
 _SNIFF_BYTES = 32
 _ACCEPT = "image/webp,image/jpeg,image/png,image/gif,image/bmp;q=0.9,*/*;q=0.1"
-
-
-def explain(reason: str) -> str:
-    """The REASONS text for a code, `http_404` included."""
-    return REASONS["http_<status>"] if reason.startswith("http_") else REASONS.get(reason, reason)
 
 
 def sniff_image_format(head: bytes) -> str | None:

@@ -14,15 +14,6 @@ import cv2  # noqa: E402
 # Below this size brightness/entropy statistics are stable and cheap to compute.
 _STATS_SIDE = 256
 
-REASONS = {
-    "too_small": "shorter side below the minimum",
-    "bad_aspect_ratio": "too long and thin",
-    "blurry": "Laplacian variance (downscaled to a fixed size) below the minimum",
-    "too_dark": "99th percentile brightness below the minimum",
-    "washed_out": "5th percentile brightness above the maximum",
-    "low_information": "colour entropy below the minimum (flat or nearly blank)",
-}
-
 
 def downscale_long_side(pixels: np.ndarray, side: int) -> np.ndarray:
     """Shrink by a whole factor so the long side is at most `side` (between side/2 and side).

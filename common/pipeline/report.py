@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.config import Settings
+from common.pipeline.reasons import stage_of
 
 if TYPE_CHECKING:
     from common.pipeline.accept import StagedImage
@@ -18,25 +19,10 @@ if TYPE_CHECKING:
     from common.pipeline.collect import Collected
     from common.pipeline.embed import ClipEmbedder
 
-_DOWNLOAD_STAGE = {"duplicate_url", "invalid_url", "blocked_address", "timeout", "connection_error", "worker_lost",
-                   "too_many_redirects", "too_large", "not_an_image", "robots_noai", "empty_body"}
-_QUALITY_STAGE = {"decode_error", "truncated", "decompression_bomb", "too_many_scans", "decode_timeout",
-                  "too_small", "bad_aspect_ratio", "blurry", "too_dark", "washed_out", "low_information"}
-_DUPLICATE_STAGE = {"duplicate_bytes", "duplicate_pixels", "near_duplicate_phash", "near_duplicate_embedding"}
 _PACKAGES = ("torch", "transformers", "sentence-transformers", "scikit-learn", "numpy", "pillow", "opencv-python", "xxhash",
              "aiohttp")
 # Settings that may name a local folder rather than a hub model.
 _MODEL_FIELDS = ("model", "text_model", "multilingual_text_model")
-
-
-def stage_of(reason: str) -> str:
-    if reason in _DOWNLOAD_STAGE or reason.startswith("http_"):
-        return "download"
-    if reason in _QUALITY_STAGE:
-        return "quality"
-    if reason in _DUPLICATE_STAGE:
-        return "duplicates"
-    return "selection"
 
 
 def library_versions() -> dict[str, str]:
