@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 import re
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,15 @@ from zipstream import ZIP_STORED, ZipStream
 from api import original, queue, signing
 from api.schemas import JobRequest
 from common import lifecycle
-from common.cli import slug
 from common.config import Settings
 from common.db import db
 from common.models import FINAL_STATUSES, JOB_STATUSES, Candidate, Job
+from common.names import IMAGE_NAME, slug
 from common.pipeline import export, reasons
 from common.pipeline.export import MANIFEST, REPORT, OutputError, resolve_output
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/api")
-IMAGE_NAME = re.compile(r"^img_\d{4,6}\.jpg$")
 ACTIVE = lifecycle.ACTIVE
 
 

@@ -15,11 +15,11 @@ from flask import Blueprint, abort, current_app, send_from_directory
 from flask.typing import ResponseReturnValue
 
 from common.lifecycle import FINAL, JobStatus
+from common.names import MAX_OUTPUT
 
 # The original wrote under <project>/data/; here the data folder takes that place.
 DATA_PREFIX = "data"
 PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-MAX_OUTPUT = 64
 
 
 class OutDirError(ValueError):

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.lifecycle import JobStatus, Stage
+from common.names import MAX_OUTPUT, OUTPUT_NAME
 
-OUTPUT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SOURCES = ("naver", "naver-api", "naver-browser", "auto", "urls")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -22,7 +22,7 @@ class JobRequest(BaseModel):
     query: str = Field(min_length=1, max_length=200, description="What the images should show, e.g. 고양이.")
     limit: int = Field(50, ge=1, le=1000, description="How many images to keep at most.")
     output: str | None = Field(None, description="Output folder name under the data folder "
-                               "(letters, digits, . _ -; at most 64); default: <query>-<id>.",
+                               f"(letters, digits, . _ -; at most {MAX_OUTPUT}); default: <query>-<id>.",
                                json_schema_extra={"pattern": OUTPUT_NAME})
     source: Literal["naver", "naver-api", "naver-browser", "auto", "urls"] = Field(
         "naver", description="Where candidates come from; `urls` uses the `urls` list.")
@@ -49,7 +49,7 @@ class JobRequest(BaseModel):
     def _plain_name(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(OUTPUT_NAME, value):
             raise ValueError("use a plain folder name: letters, digits, '.', '_' or '-', starting with a "
-                             "letter or digit, at most 64 characters (no '/' or '..')")
+                             f"letter or digit, at most {MAX_OUTPUT} characters (no '/' or '..')")
         return value
 
     @field_validator("urls")

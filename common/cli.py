@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, cast
 import typer
 from rich.console import Console
 
+from common.names import slug
+
 if TYPE_CHECKING:
     from common.pipeline.embed import ClipEmbedder
 
@@ -22,12 +22,6 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
 
 Opt = typer.Option
-
-
-def slug(query: str) -> str:
-    """An ASCII folder name for a query; Korean and other scripts get a stable hash."""
-    text = re.sub(r"[^A-Za-z0-9]+", "-", query).strip("-").lower()[:48]
-    return text or "dataset-" + hashlib.sha1(query.encode()).hexdigest()[:8]
 
 
 def make_settings(**overrides: Any) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from common.names import image_name
 from common.pipeline import export
 
 
@@ -60,7 +61,7 @@ def test_a_dataset_holds_its_images_report_and_manifest(tmp_path: Path) -> None:
         path = tmp_path / f"s{i}.jpg"
         path.write_bytes(b"jpeg%d" % i)
         staged.append(path)
-    rows = [{"file": export.file_name(i + 1), "query": "q"} for i in range(2)]
+    rows = [{"file": image_name(i + 1), "query": "q"} for i in range(2)]
     export.write_dataset(out, staged, rows, {"status": "done"})
     names = sorted(os.listdir(out))
     assert names == [export.OWNER, "img_0001.jpg", "img_0002.jpg", "manifest.jsonl", "report.json"]
@@ -75,7 +76,7 @@ def _stage(out: Path, count: int, tag: bytes) -> tuple[list[Path], list[dict[str
         path = staging / f"{tag.decode()}{i}.jpg"
         path.write_bytes(tag + b"%d" % i)
         staged.append(path)
-    return staged, [{"file": export.file_name(i + 1), "query": "q"} for i in range(count)]
+    return staged, [{"file": image_name(i + 1), "query": "q"} for i in range(count)]
 
 
 def _record_renames(monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) -> list[str]:

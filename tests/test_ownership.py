@@ -30,6 +30,7 @@ from api import jobs as api_jobs
 from common.config import Settings
 from common.db import db
 from common.models import FINAL_STATUSES, JOB_STATUSES, Job
+from common.names import image_name
 from common.pipeline import export, staging
 from service_harness import create_database, drop_database, free_redis_db
 from workers import jobstate
@@ -46,7 +47,7 @@ def write_set(folder: Path, owner: str, count: int = 2, overwrite: bool = False)
         path = scratch / f"s{i}.jpg"
         path.write_bytes(b"\xff\xd8jpeg%d" % i)
         staged.append(path)
-    rows = [{"file": export.file_name(i + 1), "query": "q"} for i in range(count)]
+    rows = [{"file": image_name(i + 1), "query": "q"} for i in range(count)]
     export.write_dataset(folder, staged, rows, {"status": "done"})
     export.remove_staging(folder)
     return [r["file"] for r in rows]

@@ -132,7 +132,7 @@ def test_cancel_while_the_job_waits_for_embedding(service: Service) -> None:
         service.wait_status(job_id, {"cancelled"}, timeout_s=10)
     finally:
         os.kill(gpu, signal.SIGCONT)
-    wait_for(lambda: f"gpu@" in "".join(service.nodes()), 30, "the GPU worker to answer again")
+    wait_for(lambda: "gpu@" in "".join(service.nodes()), 30, "the GPU worker to answer again")
     wait_for(lambda: not service.active_tasks(), 30, "the workers to be idle")
     job = service.job(job_id)
     assert job["status"] == "cancelled" and job["stage"] == "embed"

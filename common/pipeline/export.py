@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -17,13 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.names import IMAGE_NAME
+
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
 STAGING = ".staging"
 # Who claimed the folder: a service job's id, or LOCAL_OWNER for `cvdb build`.
 OWNER = ".cvdb-owner"
 LOCAL_OWNER = "cvdb build"
-IMAGE_NAME = re.compile(r"^img_\d{4,6}\.jpg$")
 
 
 class OutputError(Exception):
@@ -228,10 +228,6 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def file_name(index: int) -> str:
-    return f"img_{index:04d}.jpg"
 
 
 def write_dataset(out_dir: Path, staged_files: Sequence[Path], rows: Sequence[dict[str, Any]], report: dict[str, Any]) -> None:

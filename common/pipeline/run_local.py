@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.config import Settings
+from common.names import image_name
 from common.pipeline import cluster, dedup, export
 from common.pipeline.accept import StagedImage, encode_kept
 from common.pipeline.collect import Collected, collect
@@ -165,7 +166,7 @@ def _manifest_row(
 ) -> dict[str, Any]:
     return {
         "query": query,
-        "file": export.file_name(index),
+        "file": image_name(index),
         "source": candidate.source,
         "url": image.url,
         "source_page": candidate.source_page,
