@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -221,3 +222,50 @@ def test_an_embedding_match_counts_as_a_copy_only_when_the_pixels_agree(tiny_cli
     kept_distinct = [i for i in range(len(distinct)) if i not in dropped]
     assert len(kept_distinct) >= 0.9 * len(distinct), f"{len(kept_distinct)} of {len(distinct)} kept"
     assert all(len(distinct) + n in dropped for n in range(len(copied)))  # every re-upload goes
+
+
+class _DescribedEmbedder(_QueryEmbedder):
+    """What `finish` asks beyond `_select`: the model's description for the report."""
+
+    def describe(self) -> dict[str, object]:
+        return {"model": "test", "device": "cpu", "logit_scale": self.logit_scale, "embedding_dim": self.dim}
+
+
+def test_a_kept_picture_whose_export_decode_fails_is_dropped_and_the_rest_saved(tmp_path: Path) -> None:
+    """Export decodes each kept download in full, in a decode worker under the time budget: a file
+    that passed the checks but fails now (here, its staged bytes cut short) is dropped for its reason,
+    not the whole dataset."""
+    from common.names import image_name
+    from common.pipeline import export
+    from common.pipeline.records import Candidate
+
+    out = tmp_path / "data" / "set"
+    staging = export.make_staging(out)
+    axes = np.eye(16, dtype=np.float32)
+    vectors = np.stack([axes[0] + 0.4 * axes[i + 1] for i in range(6)] + [axes[15]])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    query = axes[0] + sum(w * axes[i + 1] for i, w in enumerate([0.0, 0.5, 0.1, 0.4, 0.2, 0.3]))
+    staged = []
+    for i in range(7):
+        data = _jpeg(PATTERNS[i])
+        path = staging / f"{i:016x}.download"
+        path.write_bytes(data[: len(data) // 2] if i == 1 else data)  # the best match is cut short
+        staged.append(StagedImage(f"http://x/{i}.jpg", f"{i:064x}", path, 480, 360, "jpeg", {"sharpness": 500.0},
+                                  dedup.fingerprint(PATTERNS[i])))
+    collected = Collected(staged=staged, embeddings=[vectors], outcomes={s.url: Outcome(s.url) for s in staged})
+    candidates = [Candidate(url=s.url, rank=i) for i, s in enumerate(staged)]
+    embedder = _DescribedEmbedder(query / np.linalg.norm(query))
+    result = run_local.finish("q", candidates, 3, out, Settings(), embedder,  # type: ignore[arg-type]
+                              collected, SilentProgress(), {})
+    assert result.kept == 2
+    assert collected.outcomes["http://x/1.jpg"].reason == "truncated"
+    assert "at export" in (collected.outcomes["http://x/1.jpg"].detail or "")
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["url"], r["file"]) for r in rows] == [("http://x/3.jpg", image_name(1)), ("http://x/5.jpg", image_name(2))]
+    assert result.report["counts"]["kept"] == 2 and result.report["dropped"]["truncated"] == 1
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()

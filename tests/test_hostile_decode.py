@@ -25,7 +25,7 @@ from common.config import Settings
 from common.devkit import planted
 from common.pipeline import reasons
 from common.pipeline.accept import Checked, Rejected, StagedImage, check_download, stage_download
-from common.pipeline.decode import DecodeError, decode_image, jpeg_end
+from common.pipeline.decode import DecodeError, decode_image, encode_jpeg, jpeg_end
 from common.pipeline.decode_pool import DecodePool, shared_pool
 from common.pipeline.reasons import stage_of
 
@@ -169,6 +169,17 @@ def test_a_decode_that_overruns_is_killed_and_the_next_one_works(pool: DecodePoo
     again = pool.check("next", good, SETTINGS)
     assert isinstance(again, Checked)
     assert pool.pids() and pool.pids() != [pid]  # only the killed worker was started again
+
+
+def test_an_export_decode_that_overruns_is_killed_too(pool: DecodePool) -> None:
+    """Export decodes a kept picture in full, in the same workers under the same budget."""
+    good = planted.encode(planted.photo(10), "JPEG", quality=90)
+    exported = pool.export("kept", good, SETTINGS)
+    assert isinstance(exported, bytes) and exported == encode_jpeg(decode_image(good), SETTINGS.jpeg_quality)
+    slow = Settings(max_jpeg_scans=100_000, decode_timeout_s=1.0)
+    result = pool.export("slow", scan_bomb(2000, 30_000), slow)
+    assert isinstance(result, Rejected) and result.reason == "decode_timeout", result
+    assert isinstance(pool.export("next", good, SETTINGS), bytes)
 
 
 def test_a_worker_that_dies_mid_decode_drops_its_image_and_is_replaced(pool: DecodePool) -> None:

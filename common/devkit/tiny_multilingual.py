@@ -67,7 +67,7 @@ def distill_student(teacher_dir: Path, out_dir: Path, seed: int = 0) -> Path:
         texts, targets = training_pairs(teacher, CLIPProcessor.from_pretrained(teacher_dir))
         with tempfile.TemporaryDirectory(prefix="tiny-student-") as scratch:
             student = _student(Path(scratch), targets.shape[1])
-        features = student.tokenize(texts)
+        features = student.preprocess(texts)
         optimiser = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
         student.train()
         for _ in range(STEPS):

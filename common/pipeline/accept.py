@@ -136,20 +136,34 @@ def stage_download(
     )
 
 
-def encode_kept(kept: Sequence[StagedImage], settings: Settings, done: Callable[[], None] = lambda: None) -> list[Path]:
-    """Decode each kept download in full, upright, and re-encode it as JPEG beside it in staging:
-    no metadata or trailing payload of the original survives. Threads, as Pillow decodes and
-    encodes without the GIL. These bytes already passed the same decode in a checked process.
-    `done` is called once per picture written."""
-    def encode(image: StagedImage) -> Path:
-        pixels = decode_image(image.path.read_bytes(), settings.max_pixels, settings.max_side, settings.max_jpeg_scans)
+def export_jpeg(url: str, data: bytes, settings: Settings) -> bytes | Rejected:
+    """A kept download decoded in full, upright, and re-encoded as JPEG: no metadata or trailing
+    payload of the original survives. Pure: the decode pool runs it too, under its time budget."""
+    try:
+        pixels = decode_image(data, settings.max_pixels, settings.max_side, settings.max_jpeg_scans)
+    except DecodeError as exc:
+        return Rejected(url, exc.reason, f"at export: {exc.detail}")
+    return encode_jpeg(pixels, settings.jpeg_quality)
+
+
+def encode_kept(kept: Sequence[StagedImage], settings: Settings, pool: DecodePool | None = None,
+                done: Callable[[], None] = lambda: None) -> list[Path | Rejected]:
+    """Each kept download exported (`export_jpeg`, in a `pool` worker when given) and written beside
+    it in staging as `<key>.jpg`; a picture that fails now (its full decode is slower than the one
+    the checks ran) comes back Rejected. Threads: each waits on a worker, or on Pillow without the
+    GIL. `done` is called once per picture."""
+    def encode(image: StagedImage) -> Path | Rejected:
+        data = image.path.read_bytes()
+        jpeg = pool.export(image.url, data, settings) if pool else export_jpeg(image.url, data, settings)
+        if isinstance(jpeg, Rejected):
+            return jpeg
         path = image.path.with_suffix(".jpg")
-        atomic_write(path, encode_jpeg(pixels, settings.jpeg_quality), durable=False)
+        atomic_write(path, jpeg, durable=False)
         return path
 
-    paths: list[Path] = []
+    results: list[Path | Rejected] = []
     with ThreadPoolExecutor(max(1, settings.decode_workers)) as threads:
-        for path in threads.map(encode, kept):
-            paths.append(path)
+        for result in threads.map(encode, kept):
+            results.append(result)
             done()
-    return paths
+    return results

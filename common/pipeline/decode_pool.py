@@ -110,7 +110,7 @@ class _Worker:
             self.stop()
             raise RuntimeError(f"could not start a decode worker ({sys.executable} -m {_MODULE}): {exc}") from exc
 
-    def run(self, url: str, payload: bytes, timeout_s: float) -> Checked | Rejected:
+    def run(self, url: str, payload: bytes, timeout_s: float) -> Checked | bytes | Rejected:
         """Send one request and wait for its answer; a worker that overruns is killed."""
         from common.pipeline.accept import Rejected  # not at the top: a worker imports it only once its pipes are safe
 
@@ -202,12 +202,19 @@ class DecodePool:
         self._closed = False
 
     def check(self, url: str, data: bytes, settings: Settings, clip: ClipInput | None = None) -> Checked | Rejected:
-        payload = pickle.dumps((url, data, settings, clip), protocol=pickle.HIGHEST_PROTOCOL)
+        return self._run(url, ("check", url, data, settings, clip), settings.decode_timeout_s)  # type: ignore[return-value]
+
+    def export(self, url: str, data: bytes, settings: Settings) -> bytes | Rejected:
+        """`accept.export_jpeg` in a worker: the full decode of a kept picture, under the same time budget."""
+        return self._run(url, ("export", url, data, settings, None), settings.decode_timeout_s)  # type: ignore[return-value]
+
+    def _run(self, url: str, request: tuple[object, ...], timeout_s: float) -> Checked | bytes | Rejected:
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         worker = self._idle.get()
         try:
             if self._closed:
                 raise RuntimeError("the decode pool is closed")
-            return worker.run(url, payload, settings.decode_timeout_s)
+            return worker.run(url, payload, timeout_s)
         finally:
             self._idle.put(worker)
 
@@ -314,15 +321,15 @@ def serve() -> None:
     import cv2
     from PIL import ImageFile
 
-    from common.pipeline.accept import Rejected, check_download
+    from common.pipeline.accept import Rejected, check_download, export_jpeg
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a short file is refused, never padded with grey
     cv2.setNumThreads(1)  # one core per worker: N workers use N cores, not N times all of them
     _write_message(replies, _READY)
     while (message := _read_message(requests)) is not None:
-        url, data, settings, clip = pickle.loads(message)
+        task, url, data, settings, clip = pickle.loads(message)
         try:
-            result: object = check_download(url, data, settings, clip)
+            result: object = export_jpeg(url, data, settings) if task == "export" else check_download(url, data, settings, clip)
         except Exception as exc:  # a hostile file must not take the batch down with it
             result = Rejected(url, "decode_error", f"the decoder failed: {exc!r}")
         try:

@@ -14,8 +14,9 @@ import numpy as np
 from common.config import Settings
 from common.names import image_name
 from common.pipeline import cluster, dedup, export
-from common.pipeline.accept import StagedImage, encode_kept
+from common.pipeline.accept import Rejected, StagedImage, encode_kept
 from common.pipeline.collect import Collected, collect
+from common.pipeline.decode_pool import shared_pool
 from common.pipeline.progress import Progress, SilentProgress
 from common.pipeline.records import Candidate
 from common.pipeline.report import build_report, failure_message, portable
@@ -88,21 +89,35 @@ def finish(
     by_url = {c.url: c for c in candidates}
     encoder = query_encoder(query, settings)
     kept, selection, query_sims = _select(query, limit, collected, settings, embedder, encoder, progress, timings)
+    started = time.perf_counter()
+    jpegs = _export_jpegs(kept, settings, collected, progress)
+    kept = [image for image in kept if image.url in jpegs]
     report = build_report(query, limit, settings, embedder, collected, selection, kept, timings)
     report["query_encoder"] = portable(encoder, local_folder=True) if encoder else CLIP_TEXT_TOWER
     report["source"] = source or {}
     if not kept:
         export.write_failure_report(out_dir, report)
         raise BuildError(failure_message(report), report)
-    started = time.perf_counter()
-    progress.start("export", len(kept))
-    jpegs = encode_kept(kept, settings, lambda: progress.advance("export"))
-    rows = [_manifest_row(query, i + 1, s, jpeg, by_url[s.url], query_sims[s.url], selection)
-            for i, (s, jpeg) in enumerate(zip(kept, jpegs, strict=True))]
-    export.write_dataset(out_dir, jpegs, rows, report)
-    progress.finish("export")
+    rows = [_manifest_row(query, i + 1, s, jpegs[s.url], by_url[s.url], query_sims[s.url], selection)
+            for i, s in enumerate(kept)]
+    export.write_dataset(out_dir, [jpegs[s.url] for s in kept], rows, report)
     report["timings_s"]["export"] = round(time.perf_counter() - started, 3)
     return BuildResult(out_dir, len(kept), report)
+
+
+def _export_jpegs(kept: list[StagedImage], settings: Settings, collected: Collected, progress: Progress) -> dict[str, Path]:
+    """url -> the kept picture's re-encoded JPEG in staging, made in the decode workers under their
+    time budget; one whose full decode fails or overruns is dropped with that reason."""
+    progress.start("export", len(kept))
+    results = encode_kept(kept, settings, shared_pool(settings.decode_workers), lambda: progress.advance("export"))
+    progress.finish("export")
+    jpegs: dict[str, Path] = {}
+    for image, result in zip(kept, results, strict=True):
+        if isinstance(result, Rejected):
+            collected.drop(image.url, result.reason, result.detail, sha256=image.source_sha256)
+        else:
+            jpegs[image.url] = result
+    return jpegs
 
 
 def _select(
