@@ -10,11 +10,9 @@ import pytest
 import torch
 from PIL import Image
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from common.devkit import corpus
-from common.devkit.tiny_clip import build_tokenizer
+from common.devkit.tiny_multilingual import student_encoder
 from common.pipeline.embed import ClipEmbedder, ModelLoadError, pick_device
 
 
@@ -67,15 +65,7 @@ def test_a_model_that_cannot_load_says_what_to_do(tmp_path: Path) -> None:
 
 def _sentence_encoder(directory: Path, dim: int) -> Path:
     """A small sentence-transformers text encoder saved to disk, as a user would download one."""
-    tokenizer = build_tokenizer(directory / "encoder")
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                            num_attention_heads=2, max_position_embeddings=77, pad_token_id=tokenizer.pad_token_id,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    CLIPTextModel(config).save_pretrained(directory / "encoder")
-    word = Transformer(str(directory / "encoder"), max_seq_length=64)
-    pool = Pooling(32, "mean")
-    dense = Dense(32, dim, activation_function=torch.nn.Identity())
-    SentenceTransformer(modules=[word, pool, dense]).save(str(directory / "st"))
+    student_encoder(directory / "build", dim).save(str(directory / "st"))
     return directory / "st"
 
 

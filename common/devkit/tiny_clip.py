@@ -299,9 +299,10 @@ def foreign_texts(rng: np.random.Generator, count: int) -> list[str]:
 
 
 @contextmanager
-def torch_threads(count: int) -> Iterator[None]:
+def training_threads() -> Iterator[None]:
+    """Torch on at most two threads while training, whatever the machine: the same results everywhere."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     try:
         yield
     finally:
@@ -403,7 +404,7 @@ def train_with(out_dir: Path, settings: TrainSettings, seed: int = 0) -> Path:
     """`train_tiny_clip` with every training knob exposed."""
     started, cpu_started = time.perf_counter(), time.process_time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with torch_threads(max(1, min(2, os.cpu_count() or 1))):
+    with training_threads():
         torch.manual_seed(seed)
         processor = CLIPProcessor(image_processor=build_image_processor(), tokenizer=build_tokenizer(out_dir))
         data = _training_data(settings, processor, seed)
@@ -482,7 +483,7 @@ def shift_text_embeddings(src: Path, dst: Path, *, target_match_cosine: float = 
     no longer separate classes; `logit_scale` (real CLIP's 100 by default, None keeps the trained one)
     restores a realistic temperature for the product's `log(size) + logit_scale * similarity` rule.
     """
-    with torch_threads(max(1, min(2, os.cpu_count() or 1))):
+    with training_threads():
         model = CLIPModel.from_pretrained(src).eval()
         processor = CLIPProcessor.from_pretrained(src)
         calibration = _calibration(model, processor)

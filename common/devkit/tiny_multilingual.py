@@ -12,7 +12,6 @@ same `SentenceTransformer(path)` the product uses for a downloaded encoder.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from sentence_transformers.sentence_transformer.modules import Dense, Pooling, T
 from transformers import CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTextModel
 
 from common.devkit import corpus
-from common.devkit.tiny_clip import REPORT_FILE, torch_threads, build_tokenizer, text_features
+from common.devkit.tiny_clip import REPORT_FILE, build_tokenizer, text_features, training_threads
 
 WIDTH, LAYERS, HEADS = 64, 2, 4
 STEPS, LEARNING_RATE = 300, 3e-3
@@ -45,7 +44,8 @@ def training_pairs(model: CLIPModel, processor: CLIPProcessor) -> tuple[list[str
     return texts, torch.stack(targets)
 
 
-def _student(directory: Path, dim: int) -> SentenceTransformer:
+def student_encoder(directory: Path, dim: int) -> SentenceTransformer:
+    """An untrained encoder of the student's shape (built in `directory`), giving `dim`-wide vectors."""
     tokenizer = build_tokenizer(directory / "encoder")  # byte-level: any language encodes
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH,
                             num_hidden_layers=LAYERS, num_attention_heads=HEADS, max_position_embeddings=77,
@@ -61,12 +61,12 @@ def distill_student(teacher_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     """Train the student against the CLIP model at `teacher_dir` and save it to `out_dir`."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with torch_threads(max(1, min(2, os.cpu_count() or 1))):
+    with training_threads():
         torch.manual_seed(seed)
         teacher = CLIPModel.from_pretrained(teacher_dir).eval()
         texts, targets = training_pairs(teacher, CLIPProcessor.from_pretrained(teacher_dir))
         with tempfile.TemporaryDirectory(prefix="tiny-student-") as scratch:
-            student = _student(Path(scratch), targets.shape[1])
+            student = student_encoder(Path(scratch), targets.shape[1])
         features = student.preprocess(texts)
         optimiser = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
         student.train()
