@@ -233,8 +233,10 @@ class _DescribedEmbedder(_QueryEmbedder):
 
 def test_a_kept_picture_whose_export_decode_fails_is_dropped_and_the_rest_saved(tmp_path: Path) -> None:
     """Export decodes each kept download in full, in a decode worker under the time budget: a file
-    that passed the checks but fails now (here, its staged bytes cut short) is dropped for its reason,
-    not the whole dataset."""
+    that passed the checks but fails now (here, staged bytes cut short, and a decode that overruns)
+    is dropped for its reason, not the whole dataset."""
+    from test_hostile_decode import scan_bomb
+
     from common.names import image_name
     from common.pipeline import export
     from common.pipeline.records import Candidate
@@ -249,20 +251,24 @@ def test_a_kept_picture_whose_export_decode_fails_is_dropped_and_the_rest_saved(
     for i in range(7):
         data = _jpeg(PATTERNS[i])
         path = staging / f"{i:016x}.download"
-        path.write_bytes(data[: len(data) // 2] if i == 1 else data)  # the best match is cut short
+        # The best match is cut short; the second best takes minutes to decode in full.
+        path.write_bytes({1: data[: len(data) // 2], 3: scan_bomb(2000, 30_000)}.get(i, data))
         staged.append(StagedImage(f"http://x/{i}.jpg", f"{i:064x}", path, 480, 360, "jpeg", {"sharpness": 500.0},
                                   dedup.fingerprint(PATTERNS[i])))
     collected = Collected(staged=staged, embeddings=[vectors], outcomes={s.url: Outcome(s.url) for s in staged})
     candidates = [Candidate(url=s.url, rank=i) for i, s in enumerate(staged)]
     embedder = _DescribedEmbedder(query / np.linalg.norm(query))
-    result = run_local.finish("q", candidates, 3, out, Settings(), embedder,  # type: ignore[arg-type]
+    settings = Settings(max_jpeg_scans=100_000, decode_timeout_s=1.0)
+    result = run_local.finish("q", candidates, 3, out, settings, embedder,  # type: ignore[arg-type]
                               collected, SilentProgress(), {})
-    assert result.kept == 2
+    assert result.kept == 1
     assert collected.outcomes["http://x/1.jpg"].reason == "truncated"
     assert "at export" in (collected.outcomes["http://x/1.jpg"].detail or "")
+    assert collected.outcomes["http://x/3.jpg"].reason == "decode_timeout"
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [(r["url"], r["file"]) for r in rows] == [("http://x/3.jpg", image_name(1)), ("http://x/5.jpg", image_name(2))]
-    assert result.report["counts"]["kept"] == 2 and result.report["dropped"]["truncated"] == 1
+    assert [(r["url"], r["file"]) for r in rows] == [("http://x/5.jpg", image_name(1))]
+    assert result.report["counts"]["kept"] == 1
+    assert result.report["dropped"]["truncated"] == 1 and result.report["dropped"]["decode_timeout"] == 1
 
 
 def _jpeg(image: Image.Image) -> bytes:
