@@ -23,7 +23,7 @@ from common import lifecycle
 from common.config import Settings
 from common.db import db
 from common.models import FINAL_STATUSES, JOB_STATUSES, Candidate, Job
-from common.names import IMAGE_NAME, slug
+from common.names import DATASET_FILE, IMAGE_NAME, slug
 from common.pipeline import export, reasons
 from common.pipeline.export import MANIFEST, REPORT, OutputError, resolve_output
 
@@ -128,13 +128,16 @@ def _submit(body: dict[str, Any], job_id: str | None = None,
         raise ApiError(429, "too_many_requests", f"{active} jobs are queued or running, the most this server "
                        "takes at once; submit again when some have finished.")
     job_id = job_id or str(uuid.uuid4())
-    output = spec.output or f"{slug(spec.query)}-{job_id[:8]}"
+    output = spec.output or f"{slug('-'.join(spec.labels))}-{job_id[:8]}"
     _check_output_free(output)
-    job = Job(id=job_id, query=spec.query, request_limit=spec.limit, out_dir=output, source=spec.source,
+    query = ", ".join(spec.labels)[:200]
+    job = Job(id=job_id, query=query, request_limit=spec.limit, out_dir=output, source=spec.source,
               options=spec.pipeline_options(), status="queued", log="", task_ids=[], original_route=original_route)
     db.session.add(job)
     task_id = job.record_task("cpu")
-    job.append_log(f"queued: {spec.limit} images of {spec.query!r} from {spec.source} into {output}")
+    each = " each" if len(spec.labels) > 1 else ""
+    job.append_log(f"queued: {spec.limit} images{each} of {', '.join(map(repr, spec.labels))} from {spec.source} "
+                   f"into {output}")
     try:
         db.session.commit()  # the row exists before any worker can look for it
     except IntegrityError as exc:  # the partial unique index: a concurrent submission claimed the folder first
@@ -244,9 +247,30 @@ def get_job(job_id: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
     data = job_out(job, _progress([job.id])[job.id])
     data["log"] = job.log or ""  # the original's log page reads it here
+    data["classes"] = _class_progress(job)
     if job.status not in FINAL_STATUSES:  # while it runs, count the drops recorded so far
         data["drop_counts"] = _drops_so_far(job.id)
     return jsonify(data)
+
+
+def _class_progress(job: Job) -> list[dict[str, Any]]:
+    """candidates / fetched / accepted / kept per class, from the rows' labels (a URL two classes'
+    searches found counts in both)."""
+    labels = job.labels
+    counts = {label: {"label": label, "candidates": 0, "fetched": 0, "accepted": 0, "kept": 0} for label in labels}
+    rows = db.session.execute(select(Candidate.meta, Candidate.fetched, Candidate.status, Candidate.extra)
+                              .where(Candidate.job_id == job.id)).all()
+    for meta, fetched, status, extra in rows:
+        found = [label for label in (meta or {}).get("labels") or labels[:1] if label in counts]
+        kept_in = (extra or {}).get("class") or labels[0] if status == "kept" else None
+        for label in found:
+            entry = counts[label]
+            entry["candidates"] += 1
+            entry["fetched"] += int(bool(fetched))
+            entry["accepted"] += int(bool(fetched) and status != "dropped")
+        if kept_in in counts:
+            counts[kept_in]["kept"] += 1
+    return list(counts.values())
 
 
 def _drops_so_far(job_id: str) -> dict[str, int]:
@@ -277,8 +301,8 @@ def list_images(job_id: str) -> ResponseReturnValue:
     rows = export.manifest_rows(folder) if job.status == "done" else []
     # Only rows naming an img_NNNN.jpg file of the folder: a row naming ../../etc/x is not listed.
     rows = [r for r in rows if export.is_image(folder, r.get("file"))]
-    images = [{"file": r["file"], "url": signing.link(f"/api/jobs/{job.id}/images/{r['file']}"), "manifest": r}
-              for r in rows]
+    images = [{"file": r["file"], "url": signing.link(f"/api/jobs/{job.id}/images/{r['file']}"),
+               "label": r.get("label"), "split": r.get("split"), "manifest": r} for r in rows]
     # `job_id`, `out_dir` and `files` (names only) are what the original's page reads.
     return jsonify({"id": job.id, "count": len(images), "images": images, "job_id": job.id,
                     "out_dir": job.out_dir, "files": [image["file"] for image in images]})
@@ -287,8 +311,9 @@ def list_images(job_id: str) -> ResponseReturnValue:
 @bp.get("/jobs/<job_id>/images/<path:name>")
 def get_image(job_id: str, name: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
-    if not IMAGE_NAME.fullmatch(name):
-        raise ApiError(404, "not_found", f"No image {name!r}: image names look like img_0001.jpg.")
+    if not DATASET_FILE.fullmatch(name) or not IMAGE_NAME.fullmatch(name.rsplit("/", 1)[-1]):
+        raise ApiError(404, "not_found", f"No image {name!r}: image names look like img_0001.jpg or "
+                       "train/<class>/img_0001.jpg.")
     folder = _own_folder(job)
     if job.status != "done" or not export.is_image(folder, name):  # a regular file, never a symlink
         raise ApiError(404, "not_found", f"Job {job.id} has no image {name}.")
@@ -325,7 +350,7 @@ def get_archive(job_id: str) -> ResponseReturnValue:
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
     # Whatever the manifest says, only the folder's own img_NNNN.jpg regular files go in.
     names = [r["file"] for r in export.manifest_rows(out_dir) if export.is_image(out_dir, r.get("file"))]
-    names += [n for n in (REPORT, MANIFEST) if export.regular_file(out_dir / n)]  # the manifest last, as on disk
+    names += [n for n in (export.CLASSES, REPORT, MANIFEST) if export.regular_file(out_dir / n)]  # the manifest last
     for name in dict.fromkeys(names):
         archive.add_path(str(out_dir / name), f"{job.out_dir}/{name}")
     headers = {"Content-Disposition": f'attachment; filename="{job.out_dir}.zip"', "Content-Length": str(len(archive))}

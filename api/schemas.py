@@ -11,22 +11,32 @@ from common.lifecycle import JobStatus, Stage
 from common.names import MAX_OUTPUT, OUTPUT_NAME
 
 SOURCES = ("naver", "naver-api", "naver-browser", "auto", "urls")
+MAX_CLASSES = 50
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class JobRequest(BaseModel):
-    """A dataset to build. Only `query` is required; every option is bounded."""
+    """A dataset to build. Only `query` (or `queries`) is required; every option is bounded."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    query: str = Field(min_length=1, max_length=200, description="What the images should show, e.g. 고양이.")
-    limit: int = Field(50, ge=1, le=1000, description="How many images to keep at most.")
+    query: str | None = Field(None, min_length=1, max_length=200, description="What the images should show, e.g. 고양이.")
+    queries: list[str] | None = Field(None, min_length=1, max_length=MAX_CLASSES,
+                                      description="Instead of `query`: several queries, one class each, in one "
+                                      "dataset (<class>/img_0001.jpg, classes.json); a picture joins one class at most.")
+    limit: int = Field(50, ge=1, le=1000, description="How many images to keep at most, per class.")
+    split: list[float] | None = Field(None, min_length=2, max_length=3, description="train, val[, test] fractions "
+                                      "adding up to 1, e.g. [0.8, 0.1, 0.1]: <split>/<class>/img_0001.jpg, "
+                                      "look-alike pictures never in two splits.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the split assignment.")
+    balance: bool = Field(False, description="Cut every class to the smallest class's count.")
     output: str | None = Field(None, description="Output folder name under the data folder "
                                f"(letters, digits, . _ -; at most {MAX_OUTPUT}); default: <query>-<id>.",
                                json_schema_extra={"pattern": OUTPUT_NAME})
     source: Literal["naver", "naver-api", "naver-browser", "auto", "urls"] = Field(
         "naver", description="Where candidates come from; `urls` uses the `urls` list.")
-    urls: list[str] | None = Field(None, max_length=1000, description="Image URLs, for source `urls`.")
+    urls: list[str] | None = Field(None, max_length=1000, description="Image URLs, for source `urls`; with "
+                                   "`queries`, each may be written label<TAB>URL to give it to one class.")
     select: Literal["query", "largest"] = Field(
         "query", description="Keep the cluster that best matches the query, or the largest one.")
     oversample: float | None = Field(None, ge=1.0, le=10.0, description="Candidates collected per image asked for.")
@@ -39,9 +49,28 @@ class JobRequest(BaseModel):
 
     @field_validator("query")
     @classmethod
-    def _printable(cls, value: str) -> str:
-        if _CONTROL.search(value):
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL.search(value):
             raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("queries")
+    @classmethod
+    def _classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        value = [q.strip() for q in value]
+        if any(not q or len(q) > 200 or _CONTROL.search(q) for q in value):
+            raise ValueError("every query must be 1 to 200 printable characters")
+        if len(set(value)) != len(value):
+            raise ValueError("the same query is given twice; give each class once")
+        return value
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (any(not 0 <= f <= 1 for f in value) or value[0] <= 0 or abs(sum(value) - 1) > 1e-6):
+            raise ValueError("give train, val[, test] fractions from 0 to 1 (train above 0) that add up to 1")
         return value
 
     @field_validator("output")
@@ -56,9 +85,21 @@ class JobRequest(BaseModel):
     @classmethod
     def _http(cls, value: list[str] | None) -> list[str] | None:
         for url in value or []:
-            if len(url) > 2000 or not re.fullmatch(r"https?://[^\s]+", url) or _CONTROL.search(url):
-                raise ValueError(f"not an http(s) URL: {url[:80]!r}")
+            label, _, address = url.rpartition("\t")
+            if (len(url) > 2000 or not re.fullmatch(r"https?://[^\s]+", address) or _CONTROL.search(address)
+                    or _CONTROL.search(label)):
+                raise ValueError(f"not an http(s) URL or label<TAB>URL: {url[:80]!r}")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_classes(self) -> JobRequest:
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give either `query` (one class) or `queries` (several), not both or neither")
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        return self.queries or [self.query or ""]
 
     @model_validator(mode="after")
     def _urls_match_source(self) -> JobRequest:
@@ -71,7 +112,9 @@ class JobRequest(BaseModel):
     def pipeline_options(self) -> dict[str, Any]:
         """The options a worker applies over its own settings (only those the user gave)."""
         names = ("select", "oversample", "eps", "min_samples", "min_side", "min_sharpness", "near_duplicate_cosine")
-        options = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        options: dict[str, Any] = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        if self.queries or self.split or self.balance:
+            options["dataset"] = {"queries": self.labels, "split": self.split, "seed": self.seed, "balance": self.balance}
         return {**options, "urls": self.urls} if self.urls else options
 
 
@@ -106,7 +149,8 @@ class StageProgress(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    query: str
+    query: str = Field(description="The query, or the `queries` joined by ', '.")
+    queries: list[str] = Field(description="The job's classes: its `queries`, or [query].")
     limit: int
     output: str
     out_dir: str = Field(description="The same as `output`: the original's name for it.")
@@ -132,8 +176,18 @@ class JobOut(BaseModel):
     links: Links
 
 
+class ClassProgress(BaseModel):
+    label: str
+    candidates: int
+    fetched: int
+    accepted: int
+    kept: int
+
+
 class JobDetail(JobOut):
     log: str = Field(description="The job's log so far (also at /log); the original's log page reads it here.")
+    classes: list[ClassProgress] = Field(description="Progress per class, in `queries` order (one entry for a "
+                                         "single query); `result.classes` has the clusters once done.")
 
 
 class JobCreated(BaseModel):
@@ -161,7 +215,9 @@ class LogOut(BaseModel):
 
 
 class ImageOut(BaseModel):
-    file: str
+    file: str = Field(description="Relative to the dataset folder: img_0001.jpg, or <split>/<class>/img_0001.jpg.")
+    label: str | None = Field(description="The image's class (its query) in a dataset of classes; null otherwise.")
+    split: str | None = Field(description="train, val or test with a split; null otherwise.")
     url: str = Field(description="Where to fetch this image from the API.")
     manifest: dict[str, Any] = Field(description="The image's row of manifest.jsonl: source URL, scores, cluster.")
 

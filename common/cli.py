@@ -44,11 +44,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 @app.command()
 def build(
-    query: Annotated[str, typer.Argument(help="What the images should show, e.g. \"red panda\" or \"고양이\".")],
+    queries: Annotated[Optional[list[str]], typer.Argument(help="What the images should show, e.g. \"red panda\" or \"고양이\". Several queries make one dataset with one class each: \"red panda\" raccoon fox. With a labelled --urls list they may be left out: its labels are the classes.", show_default=False)] = None,
     source: Annotated[Optional[str], Opt(help="Where candidates come from: naver, naver-api, naver-browser, auto (try them in order) or urls.")] = None,
-    urls: Annotated[Optional[str], Opt(help="A file of image URLs, one per line, or - for stdin; implies --source urls.")] = None,
-    limit: Annotated[int, Opt(min=1, max=5000, help="How many images to keep at most.")] = 50,
-    out: Annotated[Optional[Path], Opt(help="Output folder, inside the data folder (CVDB_DATA_ROOT). Default: <data>/<query>.")] = None,
+    urls: Annotated[Optional[str], Opt(help="A file of image URLs, one per line, or - for stdin; implies --source urls. Lines written label<TAB>URL give each class its own URLs.")] = None,
+    limit: Annotated[int, Opt(min=1, max=5000, help="How many images to keep at most, per class.")] = 50,
+    balance: Annotated[bool, Opt(help="Cut every class to the smallest class's count.")] = False,
+    split: Annotated[Optional[str], Opt(help="train,val[,test] fractions, e.g. 0.8,0.1,0.1: per class, seeded, and look-alike pictures never in two splits. Layout <out>/<split>/<class>/.")] = None,
+    seed: Annotated[int, Opt(help="Seed of the --split assignment: the same seed gives the same splits.")] = 0,
+    format: Annotated[str, Opt("--format", help="imagefolder (<class>/img_0001.jpg), webdataset (tar shards of jpg + cls + json) or hf (a Hugging Face datasets folder for load_from_disk).")] = "imagefolder",
+    out: Annotated[Optional[Path], Opt(help="Output folder, inside the data folder (CVDB_DATA_ROOT). Default: <data>/<query> (the queries joined by -).")] = None,
     select: Annotated[Optional[str], Opt(help="Which cluster to keep: query (best match for the query text) or largest (the original rule).")] = None,
     model: Annotated[Optional[str], Opt(help="CLIP model: a Hugging Face name or a local folder saved with save_pretrained.")] = None,
     text_model: Annotated[Optional[str], Opt(help="What scores the query: auto (CLIP's own text tower for English, a multilingual encoder trained into CLIP's image space for any other language; the default), none (always CLIP's own), or a sentence-transformers encoder name or folder.")] = None,
@@ -60,47 +64,82 @@ def build(
     min_side: Annotated[Optional[int], Opt(help="Drop images whose shorter side is below this many pixels.")] = None,
     min_sharpness: Annotated[Optional[float], Opt(help="Drop images whose Laplacian variance (at 512 px) is below this.")] = None,
     near_duplicate_cosine: Annotated[Optional[float], Opt(help="CLIP cosine at or above which two images are checked as copies (their thumbnail pixels must agree).")] = None,
+    class_margin: Annotated[Optional[float], Opt(help="Several classes: a picture two classes would keep joins the better match only if it leads by this much on the model's logit scale; otherwise neither keeps it (ambiguous_class).")] = None,
     allow_private_addresses: Annotated[Optional[bool], Opt("--allow-private-addresses", help="Allow downloads from private and loopback addresses (off: they are refused).")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a dataset already in the output folder.")] = False,
 ) -> None:
-    """Search, download, filter, embed, cluster and save a dataset: img_0001.jpg ... + manifest.jsonl + report.json."""
+    """Search, download, filter, embed, cluster and save a dataset: img_0001.jpg ... + manifest.jsonl + report.json.
+
+    Several queries give one dataset of classes (<class>/img_0001.jpg, classes.json); a picture is kept in one class at most."""
     settings = make_settings(
         source=source, select=select, model=model, text_model=text_model, device=device, batch_size=batch_size,
         oversample=oversample, eps=eps, min_samples=min_samples, min_side=min_side, min_sharpness=min_sharpness,
         near_duplicate_cosine=near_duplicate_cosine, allow_private_addresses=allow_private_addresses,
+        class_margin=class_margin,
     )
-    if not query.strip():
-        fail("the query is empty; say what the images should show", code=2)
-    out_dir = resolve_or_fail(out or settings.data_root / slug(query), settings)
-    run_build(query.strip(), limit, out_dir, settings, urls, overwrite)
+    from common.pipeline.sources.urls import UrlsSource
+
+    listed = UrlsSource(urls) if urls is not None else None  # read once, also from standard input
+    spec = dataset_spec(queries or [], listed, limit, balance, split, seed, format)
+    out_dir = resolve_or_fail(out or settings.data_root / slug("-".join(spec.labels)), settings)
+    run_build(spec, out_dir, settings, listed, overwrite)
 
 
-def run_build(query: str, limit: int, out_dir: Path, settings: Any, urls_file: str | None, overwrite: bool) -> None:
+def dataset_spec(queries: list[str], listed: Any, limit: int, balance: bool, split: str | None,
+                 seed: int, format: str) -> Any:
+    """The classes and shape asked for, or a clear error; a labelled URL list names the classes itself."""
+    from common.pipeline.classes import DatasetSpec, parse_split
+    from common.pipeline.sources import SourceError
+    from common.pipeline.sources.urls import labels_in
+
+    labels = [q.strip() for q in queries]
+    if not labels and listed is not None:
+        try:
+            labels = labels_in(listed.entries())
+        except SourceError as exc:
+            fail(str(exc), code=2)
+    if not labels:
+        fail("no query: say what the images should show, e.g. cvdb build \"red panda\" (or give a --urls list "
+             "of label<TAB>URL lines)", code=2)
+    if not all(labels):
+        fail("a query is empty; say what the images should show", code=2)
+    try:
+        return DatasetSpec(tuple(labels), limit, balance, parse_split(split) if split else None, seed, format)
+    except ValueError as exc:
+        fail(str(exc), code=2)
+
+
+def run_build(spec: Any, out_dir: Path, settings: Any, listed: Any, overwrite: bool) -> None:
+    """Build `spec` (a DatasetSpec) into `out_dir`; `listed` is the --urls list (a UrlsSource) or None."""
     from common.console import RichProgress, print_summary
     from common.pipeline.clip_input import ModelLoadError
     from common.pipeline.export import LOCAL_OWNER, MANIFEST, OutputError, release
     from common.pipeline.model_loader import LoadingEmbedder
     from common.pipeline.run_local import BuildError, candidate_budget
     from common.pipeline.run_local import build as build_dataset
-    from common.pipeline.sources import SourceError, search
+    from common.pipeline.sources import SourceError, search_classes
     from common.pipeline.text_encoder import query_encoder
 
     try:
         # The model loads while the search and the first downloads run; the first batch waits for it.
-        encoder = query_encoder(query, settings)
+        encoder = next((e for e in (query_encoder(label, settings) for label in spec.labels) if e), None)
         embedder = LoadingEmbedder(settings.model, settings.device, encoder)
         err.print(f"Loading CLIP model {settings.model} in the background"
                   + (f", and the text encoder {encoder} for the query" if encoder else ""))
-        with err.status(f"Searching {settings.source} for {query!r} ..."):
-            found = search(query, candidate_budget(limit, settings), settings, urls_file=urls_file)
-        err.print(f"{len(found.candidates)} candidates from {found.served_by}")
-        source = {"served_by": found.served_by, "attempts": found.attempts}
+        shown_labels = ", ".join(map(repr, spec.labels))
+        with err.status(f"Searching {settings.source} for {shown_labels} ..."):
+            found = search_classes(spec.labels, candidate_budget(spec.limit, settings), settings, listed=listed)
+        for label, result in found.items():
+            err.print(f"{len(result.candidates)} candidates from {result.served_by}"
+                      + (f" for {label!r}" if len(found) > 1 else ""))
+        infos = {label: {"served_by": r.served_by, "attempts": r.attempts} for label, r in found.items()}
+        source = next(iter(infos.values())) if len(infos) == 1 else {"classes": infos}
         if overwrite and (out_dir / MANIFEST).exists():
             # The earlier dataset goes first thing in the build: not before the model is known to load.
             with err.status(f"Loading CLIP model {settings.model} ..."):
                 embedder.loaded()
         with RichProgress(err) as progress:
-            result = build_dataset(query, found.candidates, limit, out_dir, settings,
+            result = build_dataset(spec, {label: r.candidates for label, r in found.items()}, out_dir, settings,
                                    cast("ClipEmbedder", embedder), progress, overwrite, source)
     except ModelLoadError as exc:
         # The model loads beside the build: a folder it claimed and left empty is given up again.
@@ -169,7 +208,9 @@ def demo(
                                  **demo_search.naver_settings)
         out_dir = resolve_or_fail(out or settings.data_root / f"demo-{slug(QUERY)}", settings)
         err.print(f"A fake Naver on 127.0.0.1 serves {len(demo_search.scenario.urls)} generated results; query {QUERY!r}")
-        run_build(QUERY, limit, out_dir, settings, None, overwrite=True)
+        from common.pipeline.classes import DatasetSpec
+
+        run_build(DatasetSpec((QUERY,), limit), out_dir, settings, None, overwrite=True)
 
 
 @app.command()

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     eps: float = Field(0.18, gt=0, lt=2)
     min_samples: int = Field(3, ge=1)
     select: SelectMode = "query"
+    # Several classes: a picture two classes would keep joins the one whose text it matches best,
+    # unless the two best differ by less than this on the model's logit scale (then neither).
+    class_margin: float = Field(1.0, ge=0)
 
     # Export.
     jpeg_quality: int = Field(95, ge=1, le=100)

@@ -73,3 +73,18 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
             clusters.add_row(str(c["id"]), str(c["size"]), f"{c['query_similarity']:.3f}", f"{c['cohesion']:.3f}", f"{c['score']:.2f}", mark)
         console.print(clusters)
     console.print(f"Selection ({report['select']}): {report['selection_reason']}")
+    if len(report.get("classes", [])) > 1:
+        _print_classes(console, report)
+
+
+def _print_classes(console: Console, report: dict[str, Any]) -> None:
+    table = Table("class", "folder", "candidates", "unique", "kept", "splits", "chosen cluster",
+                  title="Classes", title_justify="left")
+    for c in report["classes"]:
+        splits = " ".join(f"{name} {n}" for name, n in c["splits"].items())
+        chosen = "none" if c["chosen_cluster"] is None else str(c["chosen_cluster"])
+        table.add_row(c["label"], c["folder"], str(c["counts"]["candidates"]), str(c["counts"]["unique"]),
+                      str(c["counts"]["kept"]), splits, chosen)
+    console.print(table)
+    for warning in report.get("warnings", []):
+        console.print(f"[bold yellow]Warning:[/] {warning}")

@@ -98,6 +98,11 @@ class Job(db.Model):
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True
     )
 
+    @property
+    def labels(self) -> list[str]:
+        """The job's classes: its `queries`, or the one query."""
+        return list((self.options or {}).get("dataset", {}).get("queries") or [self.query])
+
     def folder(self, data_root: Path) -> Path:
         """The job's output folder, refused (OutputError) if it would resolve outside `data_root`."""
         return resolve_output(data_root / self.out_dir, data_root)
@@ -117,6 +122,7 @@ class Job(db.Model):
         return {
             "id": self.id,
             "query": self.query,
+            "queries": self.labels,
             "limit": self.request_limit,
             "out_dir": self.out_dir,
             "source": self.source,

@@ -161,7 +161,7 @@ def test_an_original_job_reads_running_while_it_is_cancelled(client: FlaskClient
 
 
 @pytest.mark.parametrize("body, field", [
-    ({}, "query"),
+    ({}, "body"),  # neither query nor queries
     ({"query": ""}, "query"),
     ({"query": "   "}, "query"),
     ({"query": "a\x00b"}, "query"),

@@ -13,7 +13,9 @@ from PIL import Image
 
 from common.config import Settings
 from common.devkit import planted
-from common.pipeline import cluster, dedup, run_local
+from common.pipeline import cluster, dedup, select
+from common.pipeline.classes import DatasetSpec
+from common.pipeline.finish import finish
 from common.pipeline.accept import StagedImage
 from common.pipeline.collect import Collected
 from common.pipeline.progress import SilentProgress
@@ -182,8 +184,12 @@ def test_a_cluster_over_the_limit_keeps_its_best_matches_and_drops_the_rest_as_o
                           fingerprint=dedup.fingerprint(PATTERNS[i])) for i in range(7)]
     collected = Collected(staged=staged, embeddings=[vectors], outcomes={s.url: Outcome(s.url) for s in staged})
     embedder = _QueryEmbedder(query / np.linalg.norm(query))
-    kept, selection, sims = run_local._select("q", 3, collected, Settings(), embedder,  # type: ignore[arg-type]
-                                              None, SilentProgress(), {})
+    found_by = {s.url: {0} for s in staged}
+    picked = select.pick(DatasetSpec(("q",), 3), found_by, collected, Settings(), embedder,  # type: ignore[arg-type]
+                         [None], SilentProgress(), {})
+    selection = picked.choices[0].selection
+    kept = [picked.staged[r] for r in picked.choices[0].kept]
+    sims = {image.url: float(picked.sims[r, 0]) for r, image in enumerate(picked.staged)}
     assert selection.chosen is not None and selection.chosen.size == 6
     assert [image.url for image in kept] == ["http://x/1.jpg", "http://x/3.jpg", "http://x/5.jpg"]  # best first
     assert sims["http://x/1.jpg"] > sims["http://x/3.jpg"] > sims["http://x/5.jpg"] > sims["http://x/4.jpg"]
@@ -259,8 +265,8 @@ def test_a_kept_picture_whose_export_decode_fails_is_dropped_and_the_rest_saved(
     candidates = [Candidate(url=s.url, rank=i) for i, s in enumerate(staged)]
     embedder = _DescribedEmbedder(query / np.linalg.norm(query))
     settings = Settings(max_jpeg_scans=100_000, decode_timeout_s=1.0)
-    result = run_local.finish("q", candidates, 3, out, settings, embedder,  # type: ignore[arg-type]
-                              collected, SilentProgress(), {})
+    result = finish(DatasetSpec(("q",), 3), {"q": candidates}, out, settings, embedder,  # type: ignore[arg-type]
+                    collected, SilentProgress(), {})
     assert result.kept == 1
     assert collected.outcomes["http://x/1.jpg"].reason == "truncated"
     assert "at export" in (collected.outcomes["http://x/1.jpg"].detail or "")

@@ -62,7 +62,7 @@ def test_a_dataset_holds_its_images_report_and_manifest(tmp_path: Path) -> None:
         path.write_bytes(b"jpeg%d" % i)
         staged.append(path)
     rows = [{"file": image_name(i + 1), "query": "q"} for i in range(2)]
-    export.write_dataset(out, staged, rows, {"status": "done"})
+    export.write_dataset(out, [(s, r["file"]) for s, r in zip(staged, rows)], rows, {"status": "done"})
     names = sorted(os.listdir(out))
     assert names == [export.OWNER, "img_0001.jpg", "img_0002.jpg", "manifest.jsonl", "report.json"]
     assert [json.loads(line)["file"] for line in (out / export.MANIFEST).read_text().splitlines()] == ["img_0001.jpg", "img_0002.jpg"]
@@ -103,7 +103,7 @@ def test_every_image_and_the_report_are_renamed_into_place_before_the_manifest(
     export.prepare_output(out, overwrite=False, owner=export.LOCAL_OWNER)
     staged, rows = _stage(out, 3, b"new")
     moved = _record_renames(monkeypatch)
-    export.write_dataset(out, staged, rows, {"status": "done"})
+    export.write_dataset(out, [(s, r["file"]) for s, r in zip(staged, rows)], rows, {"status": "done"})
     assert moved[-1] == export.MANIFEST and moved.count(export.MANIFEST) == 1
     assert set(moved[:-1]) == {export.REPORT, "img_0001.jpg", "img_0002.jpg", "img_0003.jpg"}
 
@@ -117,14 +117,14 @@ def test_an_export_that_crashes_midway_leaves_no_manifest_and_the_next_one_clean
     with monkeypatch.context() as patch:
         moved = _record_renames(patch, fail_on="img_0003.jpg")
         with pytest.raises(OSError, match="disk fell off"):
-            export.write_dataset(out, staged, rows, {"status": "done"})
+            export.write_dataset(out, [(s, r["file"]) for s, r in zip(staged, rows)], rows, {"status": "done"})
     export.remove_staging(out)  # what the runner's `finally` does
     assert not (out / export.MANIFEST).exists()
     assert moved == [export.REPORT, "img_0001.jpg", "img_0002.jpg"]  # it did crash midway
 
     export.prepare_output(out, overwrite=True, owner=export.LOCAL_OWNER)  # `cvdb build --overwrite`
     staged, rows = _stage(out, 1, b"new")
-    export.write_dataset(out, staged, rows, {"status": "done"})
+    export.write_dataset(out, [(s, r["file"]) for s, r in zip(staged, rows)], rows, {"status": "done"})
     export.remove_staging(out)
     assert sorted(os.listdir(out)) == [export.OWNER, "img_0001.jpg", export.MANIFEST, export.REPORT]
     assert (out / "img_0001.jpg").read_bytes() == b"new0"  # the half-written img_0002.jpg is gone

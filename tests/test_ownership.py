@@ -48,9 +48,50 @@ def write_set(folder: Path, owner: str, count: int = 2, overwrite: bool = False)
         path.write_bytes(b"\xff\xd8jpeg%d" % i)
         staged.append(path)
     rows = [{"file": image_name(i + 1), "query": "q"} for i in range(count)]
-    export.write_dataset(folder, staged, rows, {"status": "done"})
+    export.write_dataset(folder, [(s, r["file"]) for s, r in zip(staged, rows)], rows, {"status": "done"})
     export.remove_staging(folder)
     return [r["file"] for r in rows]
+
+
+def write_classes(folder: Path, owner: str, overwrite: bool = False) -> list[str]:
+    """A dataset of classes with splits: nested image paths, classes.json."""
+    export.prepare_output(folder, overwrite=overwrite, owner=owner)
+    scratch = export.make_staging(folder)
+    names = ["train/cat/img_0001.jpg", "train/dog/img_0001.jpg", "val/cat/img_0001.jpg"]
+    files = []
+    for i, name in enumerate(names):
+        (scratch / f"s{i}.jpg").write_bytes(b"\xff\xd8jpeg%d" % i)
+        files.append((scratch / f"s{i}.jpg", name))
+    rows = [{"file": name, "label": name.split("/")[1]} for name in names]
+    export.write_dataset(folder, files, rows, {"status": "done"}, {export.CLASSES: b"[]"})
+    export.remove_staging(folder)
+    return names
+
+
+def test_a_dataset_of_classes_is_ours_and_goes_whole_leaving_only_a_users_files(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    names = write_classes(out, "job-a")
+    assert all(export.is_image(out, n) for n in names) and export.foreign_files(out) == []
+    (out / "train" / "cat" / "my-notes.txt").write_text("mine")
+    assert export.foreign_files(out) == ["train/cat/my-notes.txt"]
+    assert export.remove_dataset(out, "job-a")
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert left == ["train", "train/cat", "train/cat/my-notes.txt"]  # the user's file and its folders stay
+
+
+def test_nothing_is_served_or_removed_through_a_symlinked_class_folder(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "set", tmp_path / "elsewhere"
+    write_classes(out, "job-a")
+    elsewhere.mkdir()
+    (elsewhere / "img_0001.jpg").write_bytes(b"precious")
+    (out / "val" / "cat" / "img_0001.jpg").unlink()
+    (out / "val" / "cat").rmdir()
+    (out / "val" / "cat").symlink_to(elsewhere)
+    assert not export.is_image(out, "val/cat/img_0001.jpg")
+    assert not export.is_image(out, "../elsewhere/img_0001.jpg") and not export.is_image(out, "train/../x.jpg")
+    assert export.foreign_files(out) == ["val"]  # it holds only a link now: not ours
+    export.remove_dataset(out, "job-a")
+    assert (elsewhere / "img_0001.jpg").read_bytes() == b"precious"
 
 
 def test_the_claim_is_written_and_read_back(tmp_path: Path) -> None:

@@ -214,3 +214,43 @@ def _get(url: str, auth: tuple[str, str]) -> bool:
         return requests.get(url, auth=auth, timeout=10).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_a_job_of_several_classes_is_built_served_and_archived_as_cvdb_build_makes_it(
+    service: Service, scenario: Scenario, tmp_path: Path, tiny_clip: Path, fake_naver: FakeNaver
+) -> None:
+    from test_classes_e2e import CLASSES, labelled_list
+
+    lines, contested = labelled_list(scenario)
+    job_id = service.submit(queries=list(CLASSES), source="urls", urls=lines, limit=20, split=[0.6, 0.2, 0.2],
+                            output="classes")
+    job = service.wait_status(job_id, {"done", "failed", "cancelled"})
+    assert job["status"] == "done", job["error"]
+    assert job["queries"] == list(CLASSES) and job["query"] == ", ".join(CLASSES)
+    assert [c["label"] for c in job["classes"]] == list(CLASSES)
+    assert sum(c["kept"] for c in job["classes"]) == job["count"]
+    assert all(c["kept"] >= 5 and c["accepted"] <= c["candidates"] for c in job["classes"]), job["classes"]
+    assert [c["label"] for c in job["result"]["classes"]] == list(CLASSES)
+
+    images = service.api("GET", f"/api/jobs/{job_id}/images").json()["images"]
+    assert {i["label"] for i in images} == set(CLASSES) and {i["split"] for i in images} == {"train", "val", "test"}
+    assert [i["label"] for i in images if i["manifest"]["url"] == contested] == [corpus.TARGET]
+    first = images[0]
+    assert first["file"].count("/") == 2
+    served = service.api("GET", first["url"])
+    assert served.status_code == 200 and served.content == (job_dir(service, job) / first["file"]).read_bytes()
+
+    archive = zipfile.ZipFile(io.BytesIO(service.api("GET", f"/api/jobs/{job_id}/archive").content))
+    names = set(archive.namelist())
+    assert {f"classes/{i['file']}" for i in images} | {"classes/classes.json", "classes/manifest.jsonl"} <= names
+
+    listing = tmp_path / "labelled.tsv"
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = {**os.environ, "CVDB_DATA_ROOT": str(tmp_path)}
+    env.update({f"CVDB_{k.upper()}": str(v) for k, v in service_settings(tiny_clip, fake_naver).items()})
+    done = subprocess.run([CVDB, "build", "--urls", str(listing), "--limit", "20", "--split", "0.6,0.2,0.2",
+                           "--out", str(tmp_path / "local")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    local = {p.relative_to(tmp_path / "local").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in (tmp_path / "local").rglob("img_*.jpg")}
+    assert {i["file"]: i["manifest"]["sha256"] for i in images} == local

@@ -17,10 +17,11 @@ from common.config import Settings
 from common.db import db
 from common.lifecycle import cancel_requested, heartbeat, locked, log_line, now, stalled
 
-__all__ = ["JobError", "active", "cancel_requested", "fail", "heartbeat", "job_settings", "locked", "log_line",
+__all__ = ["JobError", "active", "cancel_requested", "fail", "heartbeat", "dataset_spec", "job_settings", "locked", "log_line",
            "now", "output_dir", "stalled", "staging_dir", "stop_cancelled", "sweep"]
 from common.models import FINAL_STATUSES, Job
 from common.pipeline import export
+from common.pipeline.classes import DatasetSpec
 from common.pipeline.export import OutputError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,14 @@ def job_settings(job: Job) -> Settings:
     """The worker's settings with the options the job was submitted with, validated again."""
     options = {k: v for k, v in (job.options or {}).items() if k in Settings.model_fields}
     return Settings(**{**base_settings().model_dump(), **options})
+
+
+def dataset_spec(job: Job) -> DatasetSpec:
+    """The classes and shape the job asked for (its `queries`, `split`, `seed`, `balance`)."""
+    shape = (job.options or {}).get("dataset", {})
+    split = shape.get("split")
+    return DatasetSpec(tuple(job.labels), job.request_limit, bool(shape.get("balance")),
+                       tuple(split) if split else None, int(shape.get("seed") or 0))
 
 
 def output_dir(job: Job, settings: Settings) -> Path:

@@ -30,8 +30,9 @@ from common.pipeline.collect import Collected, rejection_extra, stage_stream
 from common.pipeline.embed import ClipEmbedder
 from common.pipeline.progress import Cancelled, SilentProgress
 from common.pipeline.records import Candidate, Outcome
-from common.pipeline.run_local import BuildError, candidate_budget, finish
-from common.pipeline.sources import SearchResult, SourceError, search
+from common.pipeline.finish import BuildError, finish
+from common.pipeline.run_local import candidate_budget
+from common.pipeline.sources import SearchResult, SourceError, search_classes
 from common.pipeline.sources.urls import UrlsSource
 from common.pipeline.text_encoder import query_encoder
 from workers import jobstate
@@ -59,14 +60,13 @@ class JobProgress(SilentProgress):
         return self._cancelled
 
 
-def _find(job: Job) -> SearchResult:
+def _find(job: Job) -> dict[str, SearchResult]:
+    """One search per class; the job's own URL list (lines may be label<TAB>URL) for source urls."""
     settings = job_settings(job)
     budget = candidate_budget(job.request_limit, settings)
     urls = (job.options or {}).get("urls")
-    if job.source == "urls":
-        candidates = UrlsSource("-", stdin=io.StringIO("\n".join(urls or []))).search(job.query, budget)
-        return SearchResult(candidates, "urls", [{"source": "urls", "outcome": "ok", "count": len(candidates)}])
-    return search(job.query, budget, settings, source=job.source)
+    listed = UrlsSource("-", stdin=io.StringIO("\n".join(urls or []))) if job.source == "urls" else None
+    return search_classes(job.labels, budget, settings, source=job.source, listed=listed)
 
 
 def run_search(job_id: str) -> list[int]:
@@ -81,16 +81,18 @@ def run_search(job_id: str) -> list[int]:
     if job.stage != Stage.SEARCH:
         return []
     settings = job_settings(job)
-    jobstate.log_line(job_id, f"searching {job.source} for {job.query!r}")
+    jobstate.log_line(job_id, f"searching {job.source} for {', '.join(map(repr, job.labels))}")
     db.session.commit()
     try:
-        query_encoder(job.query, settings)  # a query no encoder can score fails now, not after the downloads
+        for label in job.labels:  # a query no encoder can score fails now, not after the downloads
+            query_encoder(label, settings)
         export.prepare_output(jobstate.output_dir(job, settings), overwrite=False, owner=job.id)
         found = _find(job)
     except (SourceError, export.OutputError, ModelLoadError) as exc:
         raise JobError(str(exc)) from exc
-    if not found.candidates:
-        raise JobError(f"{found.served_by} found no image URLs for {job.query!r}; try another query or source")
+    for label, result in found.items():
+        if not result.candidates:
+            raise JobError(f"{result.served_by} found no image URLs for {label!r}; try another query or source")
     return _store_candidates(job_id, found, settings.fetch_chunk_size)
 
 
@@ -98,21 +100,27 @@ def run_search(job_id: str) -> list[int]:
 _ROW_FIELDS = ("url", "source", "rank")
 
 
-def _store_candidates(job_id: str, found: SearchResult, chunk_size: int) -> list[int]:
+def _store_candidates(job_id: str, found: dict[str, SearchResult], chunk_size: int) -> list[int]:
+    """One row per URL, with the classes whose search found it (`meta.labels`)."""
     job = jobstate.locked(job_id)
     if job is None or job.stage != Stage.SEARCH:
         db.session.rollback()
         return []
-    unique = list({c.url: c for c in found.candidates}.values())
-    for index, c in enumerate(unique):
-        meta = {k: v for k, v in c.to_dict().items() if k not in _ROW_FIELDS}
+    unique: dict[str, tuple[Candidate, list[str]]] = {}
+    for label, result in found.items():
+        for c in result.candidates:
+            unique.setdefault(c.url, (c, []))[1].append(label)
+    for index, (c, labels) in enumerate(unique.values()):
+        meta = {**{k: v for k, v in c.to_dict().items() if k not in _ROW_FIELDS}, "labels": labels}
         db.session.add(CandidateRow(job_id=job_id, url=c.url, rank=c.rank, source=c.source, meta=meta,
                                     chunk=index // chunk_size))
     chunks = list(range((len(unique) + chunk_size - 1) // chunk_size))
     job.stage, job.fetch_chunks_total = Stage.FETCH, len(chunks)
-    job.options = {**(job.options or {}), "source_info": {"served_by": found.served_by, "attempts": found.attempts}}
+    infos = {label: {"served_by": r.served_by, "attempts": r.attempts} for label, r in found.items()}
+    job.options = {**(job.options or {}), "source_info": next(iter(infos.values())) if len(infos) == 1 else {"classes": infos}}
     db.session.commit()
-    jobstate.log_line(job_id, f"{len(unique)} candidates from {found.served_by}; fetching in {len(chunks)} chunks")
+    served = ", ".join(dict.fromkeys(r.served_by for r in found.values()))
+    jobstate.log_line(job_id, f"{len(unique)} candidates from {served}; fetching in {len(chunks)} chunks")
     db.session.commit()
     return chunks
 
@@ -248,11 +256,14 @@ def run_select(job_id: str, embedder: ClipEmbedder) -> None:
         _store_outcomes(job_id, rows, outcomes, report, None, job.out_dir)
         return
     collected = _collected(rows, out_dir / export.STAGING, embedder.dim)
-    candidates = [Candidate(url=r.url, source=r.source, rank=r.rank, **_meta(r)) for r in rows]
+    spec = jobstate.dataset_spec(job)
+    searches: dict[str, list[Candidate]] = {label: [] for label in spec.labels}
+    for r in rows:
+        for label in (r.meta or {}).get("labels") or spec.labels[:1]:
+            searches[label].append(Candidate(url=r.url, source=r.source, rank=r.rank, **_meta(r)))
     info = (job.options or {}).get("source_info")
     try:
-        result = finish(job.query, candidates, job.request_limit, out_dir, settings, embedder, collected,
-                        JobProgress(job_id), {}, info)
+        result = finish(spec, searches, out_dir, settings, embedder, collected, JobProgress(job_id), {}, info)
         report, error = result.report, None
     except BuildError as exc:
         report, error = exc.report, str(exc)
@@ -296,5 +307,6 @@ def _store_outcomes(job_id: str, rows: list[CandidateRow], outcomes: Iterable[Ou
     counts: dict[str, Any] = dict(report.get("counts", {}))
     summary = {"count": int(counts.get("kept", 0)), "stage_counts": counts,
                "drop_counts": dict(report.get("dropped", {})),
-               "result": {k: report.get(k) for k in ("select", "chosen_cluster", "selection_reason", "clusters", "model")}}
+               "result": {k: report.get(k) for k in ("select", "chosen_cluster", "selection_reason", "clusters", "model",
+                                                     "classes", "dataset", "warnings")}}
     lifecycle.finish(job_id, error, summary, output)

@@ -130,6 +130,22 @@ def duplicate_pairs(
     return pairs
 
 
+def look_alike_groups(
+    fingerprints: Sequence[Fingerprint], embeddings: np.ndarray, embedding_cosine: float, phash_distance: int
+) -> list[int]:
+    """A group id per picture: pictures joined by any proposed copy pair, confirmed or not
+    (what must not straddle train and test)."""
+    n = len(fingerprints)
+    hashes = np.array([f.phash for f in fingerprints], dtype=np.uint64)
+    groups = _UnionFind(n)
+    for start in range(0, n, _BLOCK):
+        rows = slice(start, min(n, start + _BLOCK))
+        near = (embeddings[rows] @ embeddings.T >= embedding_cosine) | (_hamming(hashes[rows], hashes) <= phash_distance)
+        for local_i, j in zip(*np.nonzero(near)):
+            groups.union(start + int(local_i), int(j))
+    return [groups.find(i) for i in range(n)]
+
+
 def _pair_reason(
     a: Fingerprint, b: Fingerprint, near_vector: bool, near_hash: bool, confirm: tuple[float, float]
 ) -> str | None:

@@ -1,4 +1,4 @@
-"""Write the dataset: report.json, img_0001.jpg ..., and manifest.jsonl last, all atomically.
+"""Write the dataset: report.json, img_0001.jpg ... (or class folders, shards), manifest.jsonl last, atomically.
 
 A folder belongs to whoever claimed it (the `.cvdb-owner` marker: a job id, or `cvdb build`);
 only its owner replaces or removes what it wrote there, and never through a symlink.
@@ -12,14 +12,15 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.names import IMAGE_NAME
+from common.names import DATASET_FILE, IMAGE_NAME
 
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
+CLASSES = "classes.json"  # label, folder and index of each class, in a dataset of classes
 STAGING = ".staging"
 # Who claimed the folder: a service job's id, or LOCAL_OWNER for `cvdb build`.
 OWNER = ".cvdb-owner"
@@ -104,9 +105,23 @@ def regular_file(path: Path) -> bool:
         return False
 
 
+def is_dataset_file(out_dir: Path, name: object) -> bool:
+    """A path the tool may have written, relative to `out_dir` (img_0001.jpg, train/cat/img_0001.jpg,
+    a shard): plain names, folders that are real folders, a regular file. Nothing else is removed."""
+    if not isinstance(name, str) or DATASET_FILE.fullmatch(name) is None:
+        return False
+    folder = out_dir
+    for part in name.split("/")[:-1]:
+        folder = folder / part
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+    return regular_file(out_dir / name)
+
+
 def is_image(out_dir: Path, name: object) -> bool:
-    """An img_NNNN.jpg name of a regular file right in `out_dir`: the only dataset files served or removed."""
-    return isinstance(name, str) and IMAGE_NAME.fullmatch(name) is not None and regular_file(out_dir / name)
+    """A dataset file named img_NNNN.jpg, in `out_dir` or its class folders: the only files served."""
+    return (is_dataset_file(out_dir, name) and isinstance(name, str)
+            and IMAGE_NAME.fullmatch(name.rsplit("/", 1)[-1]) is not None)
 
 
 def manifest_rows(out_dir: Path) -> list[dict[str, Any]]:
@@ -131,24 +146,33 @@ def _report_files(out_dir: Path) -> list[Any]:
     return files if isinstance(files, list) else []
 
 
-def named_images(out_dir: Path) -> list[Path]:
-    """The images the dataset in `out_dir` names (manifest rows, report's file list): what the tool wrote."""
+def named_files(out_dir: Path) -> list[str]:
+    """The files the dataset in `out_dir` names (manifest rows, report's file list), relative to it:
+    what the tool wrote."""
     names = [row.get("file") for row in manifest_rows(out_dir)] + _report_files(out_dir)
-    return [out_dir / name for name in dict.fromkeys(n for n in names if is_image(out_dir, n))]
+    return list(dict.fromkeys(n for n in names if is_dataset_file(out_dir, n)))
 
 
 def foreign_files(out_dir: Path) -> list[str]:
-    """Names in `out_dir` this tool did not write (a symlink is never its own), sorted."""
+    """Paths in `out_dir` this tool did not write (a symlink is never its own), sorted."""
     if not out_dir.is_dir():
         return []
-    ours = {MANIFEST, REPORT, OWNER} | {p.name for p in named_images(out_dir)}
-    return sorted(p.name for p in out_dir.iterdir() if not _is_ours(p, ours))
+    ours = {MANIFEST, REPORT, OWNER, CLASSES, *named_files(out_dir)}
+    return sorted(_foreign_in(out_dir, "", ours))
 
 
-def _is_ours(path: Path, ours: set[str]) -> bool:
-    if path.name == STAGING:
-        return path.is_dir() and not path.is_symlink()
-    return path.name in ours and regular_file(path)
+def _foreign_in(folder: Path, prefix: str, ours: set[str]) -> list[str]:
+    found: list[str] = []
+    for path in folder.iterdir():
+        name = prefix + path.name
+        if name == STAGING:
+            if not path.is_dir() or path.is_symlink():
+                found.append(name)
+        elif path.is_dir() and not path.is_symlink():
+            found += _foreign_in(path, name + "/", ours) if any(n.startswith(name + "/") for n in ours) else [name]
+        elif name not in ours or not regular_file(path):
+            found.append(name)
+    return found
 
 
 def _unlink_regular(path: Path) -> None:
@@ -157,11 +181,18 @@ def _unlink_regular(path: Path) -> None:
 
 
 def _remove_dataset_files(out_dir: Path) -> None:
-    images = named_images(out_dir)  # read before the files that name them go
+    names = named_files(out_dir)  # read before the files that name them go
     _unlink_regular(out_dir / MANIFEST)  # first: from here on the folder does not look complete
-    for path in images:
-        path.unlink(missing_ok=True)
+    for name in names:
+        (out_dir / name).unlink(missing_ok=True)
+    _unlink_regular(out_dir / CLASSES)
     _unlink_regular(out_dir / REPORT)
+    # Class and split folders go when that empties them; anything else in them stays, and so do they.
+    folders = {out_dir.joinpath(*parts[:i]) for parts in (n.split("/")[:-1] for n in names) for i in range(1, len(parts) + 1)}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        if not folder.is_symlink():
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def remove_dataset(out_dir: Path, owner: str) -> bool:
@@ -230,19 +261,30 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
         raise
 
 
-def write_dataset(out_dir: Path, staged_files: Sequence[Path], rows: Sequence[dict[str, Any]], report: dict[str, Any]) -> None:
-    """report.json (naming the images), then the staged JPEGs as img_NNNN.jpg, then manifest.jsonl.
+def write_dataset(
+    out_dir: Path, files: Sequence[tuple[Path, str]], rows: Sequence[dict[str, Any]], report: dict[str, Any],
+    extras: Mapping[str, bytes] | None = None,
+) -> None:
+    """report.json (naming every file), then the staged files moved to their paths, `extras`
+    (classes.json), then manifest.jsonl.
 
-    `rows[i]` describes `staged_files[i]` and already carries its final `file` name. The report
-    comes first so an interrupted export never leaves an image no file names: a later run or a
-    delete removes exactly those.
+    `files` pairs each staged file with its path in the dataset (img_0001.jpg, train/cat/img_0001.jpg,
+    a shard). The report comes first so an interrupted export never leaves a file no report names:
+    a later run or a delete removes exactly those.
     """
-    named = {**report, "files": [row["file"] for row in rows]}
+    named = {**report, "files": [name for _, name in files]}
     atomic_write(out_dir / REPORT, json.dumps(named, ensure_ascii=False, indent=2).encode())
-    for staged, row in zip(staged_files, rows, strict=True):
+    folders = {(out_dir / name).parent for _, name in files}
+    for folder in sorted(folders, key=lambda f: len(f.parts)):
+        refuse_link(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+    for staged, name in files:
         fsync_file(staged)  # staged without fsync; a kept file must be on disk before the manifest
-        os.replace(staged, out_dir / row["file"])  # same filesystem: an atomic rename
-    fsync_file(out_dir)
+        os.replace(staged, out_dir / name)  # same filesystem: an atomic rename
+    for folder in folders:
+        fsync_file(folder)
+    for name, data in (extras or {}).items():
+        atomic_write(out_dir / name, data)
     manifest = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     atomic_write(out_dir / MANIFEST, manifest.encode())
     fsync_file(out_dir)

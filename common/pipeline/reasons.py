@@ -48,10 +48,13 @@ REASONS: dict[str, Reason] = {
     "near_duplicate_phash": Reason(DUPLICATES, "perceptual hash and thumbnail pixels match a better copy"),
     "near_duplicate_embedding": Reason(DUPLICATES, "CLIP embedding nearly identical to a better copy, confirmed by "
                                                    "the thumbnail pixels"),
-    # The cluster choice (run_local.py).
+    # The cluster choice (select.py).
     "no_cluster": Reason(SELECTION, "not close enough to any group of similar images"),
     "other_cluster": Reason(SELECTION, "belongs to a group other than the one kept"),
-    "over_limit": Reason(SELECTION, "the kept group has more images than asked for; the best matches were kept"),
+    "over_limit": Reason(SELECTION, "the kept group has more images than asked for (--limit, or --balance across "
+                                    "classes); the best matches were kept"),
+    "ambiguous_class": Reason(SELECTION, "two classes would keep it and it matches their texts nearly equally "
+                                         "(within --class-margin on the logit scale); kept in neither"),
 }
 
 

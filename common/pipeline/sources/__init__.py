@@ -8,7 +8,7 @@ images. Every source tried is recorded in `SearchResult.attempts`, for the repor
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from common.pipeline.sources.urls import UrlsSource
 if TYPE_CHECKING:
     from common.config import Settings
 
-__all__ = ["SOURCES", "SearchResult", "Source", "SourceError", "make_source", "search"]
+__all__ = ["SOURCES", "SearchResult", "Source", "SourceError", "make_source", "search", "search_classes"]
 
 # name -> factory(settings, urls_file). Sources are cheap to build: nothing starts until search().
 SOURCES: dict[str, Callable[[Settings, str | None], Source]] = {
@@ -95,6 +95,28 @@ def search(
     all_empty = all(a["outcome"] in ("empty", "skipped") for a in attempts)
     summary = "; ".join(_summary(a) for a in attempts)
     raise SourceError(AUTO, f"no source found images: {summary}", kind="empty" if all_empty else "failed")
+
+
+def search_classes(
+    labels: Sequence[str],
+    limit: int,
+    settings: Settings,
+    source: str | None = None,
+    urls_file: str | None = None,
+    listed: UrlsSource | None = None,
+) -> dict[str, SearchResult]:
+    """One search per class. A URL list (`urls_file` or an open `listed`) is read once and split
+    by its lines' labels; a list without labels gives every class all of its URLs."""
+    if listed is None and urls_file is not None:
+        listed = UrlsSource(urls_file)
+    found: dict[str, SearchResult] = {}
+    for label in labels:
+        if listed is None:
+            found[label] = search(label, limit, settings, source=source)
+        else:
+            attempt, candidates = _attempt(listed, label, limit)
+            found[label] = SearchResult(candidates, listed.name, [attempt])
+    return found
 
 
 def _skip_reason(name: str, settings: Settings) -> str | None:

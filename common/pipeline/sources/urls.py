@@ -2,7 +2,9 @@
 
 Blank lines and lines starting with `#` are ignored, whitespace is stripped, exact repeats are
 dropped. Every other line must be an http(s) URL: a typo is reported with its line number
-rather than silently skipped. The query is not used.
+rather than silently skipped. A line may carry its class: `label<TAB>URL`; in such a list every
+line does, and a search for a query returns the lines labelled with it (one class of a multi-class
+dataset). In a list without labels the query is not used.
 """
 
 from __future__ import annotations
@@ -20,19 +22,35 @@ NAME = "urls"
 
 def parse_lines(lines: Iterable[str], origin: str) -> list[str]:
     """URLs in file order; SourceError naming the first line that is not an http(s) URL."""
-    urls: list[str] = []
+    return [url for _, url in parse_entries(lines, origin)]
+
+
+def parse_entries(lines: Iterable[str], origin: str) -> list[tuple[str | None, str]]:
+    """(label or None, URL) in file order; SourceError naming the first line that is not an
+    http(s) URL, or that lacks the label the other lines have."""
+    entries: list[tuple[str | None, str]] = []
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if not is_http_url(line):
+        label, url = (part.strip() for part in line.split("\t", 1)) if "\t" in line else (None, line)
+        if not is_http_url(url) or label == "":
             raise SourceError(
                 NAME,
-                f"line {number} of {origin} is not an http(s) URL: {line[:80]!r}; fix it or comment it out with #",
+                f"line {number} of {origin} is not an http(s) URL or label<TAB>URL: {line[:80]!r}; "
+                "fix it or comment it out with #",
                 kind="input",
             )
-        urls.append(line)
-    return urls
+        if entries and (entries[0][0] is None) != (label is None):
+            raise SourceError(NAME, f"line {number} of {origin} {'has' if label else 'lacks'} a label and line "
+                              "1 does not; give every line as label<TAB>URL, or none", kind="input")
+        entries.append((label, url))
+    return entries
+
+
+def labels_in(entries: Iterable[tuple[str | None, str]]) -> list[str]:
+    """The classes a labelled list names, in the order they first appear ([] without labels)."""
+    return list(dict.fromkeys(label for label, _ in entries if label is not None))
 
 
 class UrlsSource:
@@ -43,15 +61,30 @@ class UrlsSource:
     def __init__(self, path: str, stdin: TextIO | None = None) -> None:
         self.path = path
         self.stdin = stdin  # injectable for tests; sys.stdin when None
+        self._entries: list[tuple[str | None, str]] | None = None
 
     def search(self, query: str, limit: int) -> list[Candidate]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        origin = "standard input" if self.path == "-" else self.path
-        urls = parse_lines(self._lines(), origin)
-        if not urls:
-            raise SourceError(NAME, f"{origin} contains no URLs (only blank lines or # comments)", kind="empty")
+        entries = self.entries()
+        if not entries:
+            raise SourceError(NAME, f"{self.origin} contains no URLs (only blank lines or # comments)", kind="empty")
+        labels = labels_in(entries)
+        if labels and query not in labels:
+            raise SourceError(NAME, f"no line of {self.origin} is labelled {query!r}; its labels are "
+                              f"{', '.join(map(repr, labels[:10]))}", kind="input")
+        urls = [url for label, url in entries if label is None or label == query]
         return finalize((Candidate(url=url, source=NAME) for url in urls), limit)
+
+    @property
+    def origin(self) -> str:
+        return "standard input" if self.path == "-" else self.path
+
+    def entries(self) -> list[tuple[str | None, str]]:
+        """The list's (label, URL) lines, read once (standard input cannot be read twice)."""
+        if self._entries is None:
+            self._entries = parse_entries(self._lines(), self.origin)
+        return self._entries
 
     def _lines(self) -> list[str]:
         if self.path == "-":
