@@ -14,10 +14,10 @@ from PIL import Image
 from common.config import Settings
 from common.devkit import planted
 from common.pipeline import cluster, dedup, select
-from common.pipeline.classes import DatasetSpec
-from common.pipeline.finish import finish
 from common.pipeline.accept import StagedImage
+from common.pipeline.classes import DatasetSpec
 from common.pipeline.collect import Collected
+from common.pipeline.finish import finish
 from common.pipeline.progress import SilentProgress
 from common.pipeline.records import Outcome
 

@@ -28,9 +28,9 @@ from common.pipeline.accept import Rejected, StagedImage
 from common.pipeline.clip_input import ClipInput, ModelLoadError, read_clip_input
 from common.pipeline.collect import Collected, rejection_extra, stage_stream
 from common.pipeline.embed import ClipEmbedder
+from common.pipeline.finish import BuildError, finish
 from common.pipeline.progress import Cancelled, SilentProgress
 from common.pipeline.records import Candidate, Outcome
-from common.pipeline.finish import BuildError, finish
 from common.pipeline.run_local import candidate_budget
 from common.pipeline.sources import SearchResult, SourceError, search_classes
 from common.pipeline.sources.urls import UrlsSource

@@ -16,7 +16,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from common.names import SPLITS  # also the order shards and DatasetDict splits are written in
+from common.names import (
+    SPLITS,  # also the order shards and DatasetDict splits are written in
+)
+
 HF_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 

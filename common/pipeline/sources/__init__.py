@@ -15,7 +15,11 @@ from typing import TYPE_CHECKING, Any
 from common.pipeline.records import Candidate
 from common.pipeline.sources.base import Source, SourceError
 from common.pipeline.sources.naver import NaverSource
-from common.pipeline.sources.naver_api import CREDENTIAL_VARS, NaverApiSource, has_credentials
+from common.pipeline.sources.naver_api import (
+    CREDENTIAL_VARS,
+    NaverApiSource,
+    has_credentials,
+)
 from common.pipeline.sources.urls import UrlsSource
 
 if TYPE_CHECKING:
