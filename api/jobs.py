@@ -357,7 +357,7 @@ def get_archive(job_id: str) -> ResponseReturnValue:
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
     # Whatever the manifest says, only the folder's own img_NNNN.jpg regular files go in.
     names = [r["file"] for r in export.manifest_rows(out_dir) if export.is_image(out_dir, r.get("file"))]
-    names += [n for n in (export.CLASSES, REPORT, MANIFEST) if export.regular_file(out_dir / n)]  # the manifest last
+    names += [n for n in (*export.EXTRAS, REPORT, MANIFEST) if export.regular_file(out_dir / n)]  # the manifest last
     for name in dict.fromkeys(names):
         archive.add_path(str(out_dir / name), f"{job.out_dir}/{name}")
     headers = {"Content-Disposition": f'attachment; filename="{job.out_dir}.zip"', "Content-Length": str(len(archive))}

@@ -51,6 +51,8 @@ def build(
     balance: Annotated[bool, Opt(help="Cut every class to the smallest class's count.")] = False,
     split: Annotated[Optional[str], Opt(help="train,val[,test] fractions, e.g. 0.8,0.1,0.1: per class, seeded, and look-alike pictures never in two splits. Layout <out>/<split>/<class>/.")] = None,
     seed: Annotated[int, Opt(help="Seed of the --split assignment: the same seed gives the same splits.")] = 0,
+    like: Annotated[Optional[list[str]], Opt("--like", help="An example picture (a file or an http(s) URL) of what to keep; repeatable. The cluster choice also weighs how close each group is to the examples, so a few good pictures pick the right group when the query is vague.")] = None,
+    exclude: Annotated[Optional[list[str]], Opt("--exclude", help="A negative prompt, e.g. \"drawing\"; repeatable. Groups, then single pictures, that match it better than the query are dropped (excluded).")] = None,
     format: Annotated[str, Opt("--format", help="imagefolder (<class>/img_0001.jpg), webdataset (tar shards of jpg + cls + json) or hf (a Hugging Face datasets folder for load_from_disk).")] = "imagefolder",
     out: Annotated[Optional[Path], Opt(help="Output folder, inside the data folder (CVDB_DATA_ROOT). Default: <data>/<query> (the queries joined by -).")] = None,
     select: Annotated[Optional[str], Opt(help="Which cluster to keep: query (best match for the query text) or largest (the original rule).")] = None,
@@ -80,13 +82,13 @@ def build(
     from common.pipeline.sources.urls import UrlsSource
 
     listed = UrlsSource(urls) if urls is not None else None  # read once, also from standard input
-    spec = dataset_spec(queries or [], listed, limit, balance, split, seed, format)
+    spec = dataset_spec(queries or [], listed, limit, balance, split, seed, format, like or [], exclude or [])
     out_dir = resolve_or_fail(out or settings.data_root / slug("-".join(spec.labels)), settings)
     run_build(spec, out_dir, settings, listed, overwrite)
 
 
 def dataset_spec(queries: list[str], listed: Any, limit: int, balance: bool, split: str | None,
-                 seed: int, format: str) -> Any:
+                 seed: int, format: str, like: list[str], exclude: list[str]) -> Any:
     """The classes and shape asked for, or a clear error; a labelled URL list names the classes itself."""
     from common.pipeline.classes import DatasetSpec, parse_split
     from common.pipeline.sources import SourceError
@@ -104,7 +106,10 @@ def dataset_spec(queries: list[str], listed: Any, limit: int, balance: bool, spl
     if not all(labels):
         fail("a query is empty; say what the images should show", code=2)
     try:
-        return DatasetSpec(tuple(labels), limit, balance, parse_split(split) if split else None, seed, format)
+        if any(not text.strip() for text in exclude):
+            raise ValueError("an --exclude prompt is empty; say what the pictures must not show")
+        return DatasetSpec(tuple(labels), limit, balance, parse_split(split) if split else None, seed, format,
+                           tuple(t.strip() for t in exclude), tuple(like))
     except ValueError as exc:
         fail(str(exc), code=2)
 
@@ -113,6 +118,7 @@ def run_build(spec: Any, out_dir: Path, settings: Any, listed: Any, overwrite: b
     """Build `spec` (a DatasetSpec) into `out_dir`; `listed` is the --urls list (a UrlsSource) or None."""
     from common.console import RichProgress, print_summary
     from common.pipeline.clip_input import ModelLoadError
+    from common.pipeline.examples import ExampleError, load_examples
     from common.pipeline.export import LOCAL_OWNER, MANIFEST, OutputError, release
     from common.pipeline.model_loader import LoadingEmbedder
     from common.pipeline.run_local import BuildError, candidate_budget
@@ -126,6 +132,7 @@ def run_build(spec: Any, out_dir: Path, settings: Any, listed: Any, overwrite: b
         embedder = LoadingEmbedder(settings.model, settings.device, encoder)
         err.print(f"Loading CLIP model {settings.model} in the background"
                   + (f", and the text encoder {encoder} for the query" if encoder else ""))
+        examples = load_examples(spec.like, settings)  # a bad example fails before the search
         shown_labels = ", ".join(map(repr, spec.labels))
         with err.status(f"Searching {settings.source} for {shown_labels} ..."):
             found = search_classes(spec.labels, candidate_budget(spec.limit, settings), settings, listed=listed)
@@ -140,13 +147,13 @@ def run_build(spec: Any, out_dir: Path, settings: Any, listed: Any, overwrite: b
                 embedder.loaded()
         with RichProgress(err) as progress:
             result = build_dataset(spec, {label: r.candidates for label, r in found.items()}, out_dir, settings,
-                                   cast("ClipEmbedder", embedder), progress, overwrite, source)
+                                   cast("ClipEmbedder", embedder), progress, overwrite, source, examples)
     except ModelLoadError as exc:
         # The model loads beside the build: a folder it claimed and left empty is given up again.
         with contextlib.suppress(OutputError, OSError):
             release(out_dir, LOCAL_OWNER)
         fail(str(exc))
-    except (SourceError, OutputError) as exc:
+    except (SourceError, OutputError, ExampleError) as exc:
         fail(str(exc))
     except BuildError as exc:
         print_summary(err, exc.report)
@@ -188,6 +195,48 @@ def search_command(
     for attempt in found.attempts:
         if attempt["outcome"] != "ok":
             err.print(f"  {attempt['source']}: {attempt['outcome']}: {attempt['error']}")
+
+
+@app.command()
+def find(
+    folder: Annotated[Path, typer.Argument(help="A dataset folder cvdb build (or the service) wrote.", show_default=False)],
+    text: Annotated[Optional[str], typer.Argument(help="What to look for, e.g. \"a red panda on a branch\".", show_default=False)] = None,
+    like: Annotated[Optional[list[str]], Opt("--like", help="An example picture (a file or an http(s) URL); repeatable. With text too, both count.")] = None,
+    top: Annotated[int, Opt(min=1, max=100000, help="How many pictures to list.")] = 10,
+    model: Annotated[Optional[str], Opt(help="The CLIP model the dataset was built with (default: CVDB_MODEL).")] = None,
+    text_model: Annotated[Optional[str], Opt(help="auto, none or a sentence-transformers encoder, as for build.")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda ...")] = None,
+) -> None:
+    """Search a built dataset by text or by example pictures: one JSON line {file, score} per picture, best first."""
+    import json
+
+    import numpy as np
+
+    from common.pipeline.clip_input import ModelLoadError
+    from common.pipeline.embed import ClipEmbedder
+    from common.pipeline.examples import ExampleError, example_vectors, load_examples
+    from common.pipeline.find import FindError, check_model, load_index, rank
+    from common.pipeline.text_encoder import query_encoder
+
+    settings = make_settings(model=model, text_model=text_model, device=device)
+    if not (text or "").strip() and not like:
+        fail("say what to look for: a text, --like PICTURE, or both", code=2)
+    try:
+        index = load_index(folder)
+        check_model(index, settings.model)
+        examples = load_examples(like or [], settings)
+        with err.status(f"Loading CLIP model {settings.model} ..."):
+            embedder = ClipEmbedder(settings.model, settings.device)
+        vectors = [example_vectors(examples, embedder)]
+        if (text or "").strip():
+            prompt = settings.prompt.format(query=text.strip())  # type: ignore[union-attr]
+            vectors.append(embedder.embed_texts([prompt], query_encoder(text.strip(), settings)))  # type: ignore[union-attr]
+    except (FindError, ExampleError, ModelLoadError) as exc:
+        fail(str(exc))
+    # The text and the examples weigh the same, however many examples there are.
+    query = np.stack([v.mean(axis=0) / (np.linalg.norm(v.mean(axis=0)) or 1.0) for v in vectors if len(v)])
+    for hit in rank(index, query, top):
+        typer.echo(json.dumps(hit, ensure_ascii=False))
 
 
 @app.command()

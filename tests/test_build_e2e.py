@@ -75,7 +75,11 @@ def test_saves_a_numbered_dataset_and_says_so(query_run: Run) -> None:
     kept = len(query_run.manifest)
     assert f"Saved {kept} images to" in query_run.stdout
     files = sorted(p.name for p in query_run.out.iterdir())
-    assert files == [".cvdb-owner"] + [f"img_{i:04d}.jpg" for i in range(1, kept + 1)] + ["manifest.jsonl", "report.json"]
+    assert files == ([".cvdb-owner", "embeddings.npy"] + [f"img_{i:04d}.jpg" for i in range(1, kept + 1)]
+                     + ["manifest.jsonl", "report.json"])
+    vectors = np.load(query_run.out / "embeddings.npy")
+    assert vectors.dtype == np.float16 and vectors.shape == (kept, query_run.report["embeddings"]["dim"])
+    assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=1e-2)
     for row in query_run.manifest:
         assert {"query", "file", "source", "url", "sha256", "width", "height", "cluster", "scores"} <= row.keys()
         with Image.open(query_run.out / row["file"]) as image:

@@ -161,3 +161,24 @@ def test_a_labelled_url_list_gives_each_class_its_lines() -> None:
         mixed.search("cat", 10)
     unlabelled = UrlsSource("-", stdin=io.StringIO("http://x/1.jpg\n"))
     assert [c.url for c in unlabelled.search("anything", 10)] == ["http://x/1.jpg"]
+
+
+def test_a_picture_of_a_kept_group_that_matches_a_negative_prompt_better_is_excluded(tmp_path: Path) -> None:
+    axes = np.eye(16, dtype=np.float32)
+    panda, drawing = axes[0], axes[5]
+    members = [_unit(panda + 0.7 * drawing + 0.25 * axes[6 + i]) for i in range(5)]
+    sketchy = _unit(panda + 1.05 * drawing + 0.1 * axes[12])  # in the group, but more drawing than red panda
+    vectors = np.stack([*members, sketchy])
+    urls = [f"http://x/{i}.jpg" for i in range(len(vectors))]
+    staged = [StagedImage(url, f"{i:064x}", tmp_path / f"{i}.jpg", 400, 300, "jpeg", {"sharpness": 500.0},
+                          dedup.fingerprint(_noise(i))) for i, url in enumerate(urls)]
+    collected = Collected(staged=staged, embeddings=[vectors], outcomes={u: Outcome(u) for u in urls})
+    spec = DatasetSpec(("red panda",), 10, exclude=("drawing",))
+    embedder = _TextEmbedder({"red panda": panda, "drawing": drawing})
+    picked = select.pick(spec, {u: {0} for u in urls}, collected, Settings(), embedder, [None],  # type: ignore[arg-type]
+                         SilentProgress(), {})
+    assert picked.choices[0].holds(5) and picked.choices[0].selection.chosen is not None
+    assert sorted(picked.staged[r].url for r in picked.choices[0].kept) == urls[:5]
+    outcome = collected.outcomes[urls[5]]
+    assert (outcome.status, outcome.reason) == ("dropped", "excluded")
+    assert "negative prompt 'drawing'" in (outcome.detail or "")

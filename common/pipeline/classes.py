@@ -34,6 +34,8 @@ class DatasetSpec:
     split: tuple[float, ...] | None = None
     seed: int = 0
     format: str = "imagefolder"
+    exclude: tuple[str, ...] = ()  # negative prompts: what the pictures must not show
+    like: tuple[str, ...] = ()  # example pictures (files or URLs) that steer the cluster choice
     classes: tuple[ClassSpec, ...] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,8 @@ from common.names import DATASET_FILE, IMAGE_NAME
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
 CLASSES = "classes.json"  # label, folder and index of each class, in a dataset of classes
+EMBEDDINGS = "embeddings.npy"  # the kept pictures' CLIP vectors (float16), in manifest order
+EXTRAS = (CLASSES, EMBEDDINGS)  # written beside the manifest, before it
 STAGING = ".staging"
 # Who claimed the folder: a service job's id, or LOCAL_OWNER for `cvdb build`.
 OWNER = ".cvdb-owner"
@@ -157,7 +159,7 @@ def foreign_files(out_dir: Path) -> list[str]:
     """Paths in `out_dir` this tool did not write (a symlink is never its own), sorted."""
     if not out_dir.is_dir():
         return []
-    ours = {MANIFEST, REPORT, OWNER, CLASSES, *named_files(out_dir)}
+    ours = {MANIFEST, REPORT, OWNER, *EXTRAS, *named_files(out_dir)}
     return sorted(_foreign_in(out_dir, "", ours))
 
 
@@ -185,7 +187,8 @@ def _remove_dataset_files(out_dir: Path) -> None:
     _unlink_regular(out_dir / MANIFEST)  # first: from here on the folder does not look complete
     for name in names:
         (out_dir / name).unlink(missing_ok=True)
-    _unlink_regular(out_dir / CLASSES)
+    for name in EXTRAS:
+        _unlink_regular(out_dir / name)
     _unlink_regular(out_dir / REPORT)
     # Class and split folders go when that empties them; anything else in them stays, and so do they.
     folders = {out_dir.joinpath(*parts[:i]) for parts in (n.split("/")[:-1] for n in names) for i in range(1, len(parts) + 1)}
@@ -266,7 +269,7 @@ def write_dataset(
     extras: Mapping[str, bytes] | None = None,
 ) -> None:
     """report.json (naming every file), then the staged files moved to their paths, `extras`
-    (classes.json), then manifest.jsonl.
+    (classes.json, embeddings.npy), then manifest.jsonl.
 
     `files` pairs each staged file with its path in the dataset (img_0001.jpg, train/cat/img_0001.jpg,
     a shard). The report comes first so an interrupted export never leaves a file no report names:

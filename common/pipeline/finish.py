@@ -7,6 +7,7 @@ fetch and embed tasks, so both paths choose and write exactly the same way.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections import Counter
@@ -14,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from common.config import Settings
 from common.names import image_name
@@ -23,6 +26,7 @@ from common.pipeline.classes import DatasetSpec
 from common.pipeline.cluster import Selection
 from common.pipeline.collect import Collected
 from common.pipeline.decode_pool import shared_pool
+from common.pipeline.examples import example_vectors
 from common.pipeline.progress import Progress
 from common.pipeline.records import Candidate
 from common.pipeline.report import build_report, failure_message, portable, stage_counts
@@ -53,11 +57,12 @@ class BuildResult:
 def finish(
     spec: DatasetSpec, searches: Mapping[str, Sequence[Candidate]], out_dir: Path, settings: Settings,
     embedder: ClipEmbedder, collected: Collected, progress: Progress, timings: dict[str, float],
-    source: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None, examples: Sequence[bytes] = (),
 ) -> BuildResult:
     """Duplicates, clusters, selection and export over staged, embedded images.
 
-    `searches` maps each class's label to the candidates its search returned."""
+    `searches` maps each class's label to the candidates its search returned; `examples` are the
+    --like pictures as clean JPEGs (examples.load_examples)."""
     by_url: dict[str, Candidate] = {}
     found_by: dict[str, set[int]] = {}
     for c in spec.classes:
@@ -65,7 +70,8 @@ def finish(
             by_url.setdefault(candidate.url, candidate)
             found_by.setdefault(candidate.url, set()).add(c.index)
     encoders = [query_encoder(c.label, settings) for c in spec.classes]
-    picked = select.pick(spec, found_by, collected, settings, embedder, encoders, progress, timings)
+    like = example_vectors(examples, embedder) if examples else None
+    picked = select.pick(spec, found_by, collected, settings, embedder, encoders, progress, timings, like)
     started = time.perf_counter()
     jpegs = _export_jpegs([picked.staged[r] for ch in picked.choices for r in ch.kept], settings, collected, progress)
     for choice in picked.choices:
@@ -78,7 +84,9 @@ def finish(
         export.write_failure_report(out_dir, report)
         raise BuildError(failure_message(report), report)
     files, rows = _layout(spec, picked, kept, split_of, jpegs, by_url, out_dir / export.STAGING)
-    extras = {} if spec.flat else {export.CLASSES: _classes_json(report)}
+    extras = {export.EMBEDDINGS: _embeddings(picked, kept)}
+    if not spec.flat:
+        extras[export.CLASSES] = _classes_json(report)
     export.write_dataset(out_dir, files, rows, report, extras)
     report["timings_s"]["export"] = round(time.perf_counter() - started, 3)
     return BuildResult(out_dir, len(kept), report)
@@ -124,6 +132,9 @@ def _report(
     report["queries"], report["classes"] = list(spec.labels), classes
     report["dataset"] = {"layout": "flat" if spec.flat else "classes", "format": spec.format,
                          "split": list(spec.split) if spec.split else None, "seed": spec.seed, "balance": spec.balance}
+    report["steering"] = {"like": [portable(ref) for ref in spec.like], "exclude": list(spec.exclude)}
+    report["embeddings"] = {"file": export.EMBEDDINGS, "dtype": "float16", "dim": int(picked.vectors.shape[1]),
+                            "model": report["model"]["model"], "rows": "manifest order"}
     report["warnings"] = [f"class {c['label']!r} kept no pictures: {c['selection_reason']}"
                           for c in classes if not c["counts"]["kept"] and kept]
     return report
@@ -146,6 +157,13 @@ def _class_entry(
         "counts": stage_counts(len(outcomes), dropped, len(choice.kept)),
         "splits": dict(Counter(split_of[r] for r in choice.kept if split_of.get(r))),
     }
+
+
+def _embeddings(picked: select.Picked, kept: Kept) -> bytes:
+    """embeddings.npy: the kept pictures' unit vectors as float16, one row per manifest row."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.stack([picked.vectors[r] for r, _ in kept]).astype(np.float16), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _classes_json(report: dict[str, Any]) -> bytes:

@@ -53,6 +53,8 @@ REASONS: dict[str, Reason] = {
     "other_cluster": Reason(SELECTION, "belongs to a group other than the one kept"),
     "over_limit": Reason(SELECTION, "the kept group has more images than asked for (--limit, or --balance across "
                                     "classes); the best matches were kept"),
+    "excluded": Reason(SELECTION, "matches a negative prompt (--exclude) better than the query; its group, or it "
+                                  "alone"),
     "ambiguous_class": Reason(SELECTION, "two classes would keep it and it matches their texts nearly equally "
                                          "(within --class-margin on the logit scale); kept in neither"),
 }

@@ -35,6 +35,7 @@ def build(
     progress: Progress | None = None,
     overwrite: bool = False,
     source: dict[str, Any] | None = None,
+    examples: Sequence[bytes] = (),
 ) -> BuildResult:
     """Run every stage; raise BuildError (after writing report.json) when nothing is kept."""
     progress = progress or SilentProgress()
@@ -47,6 +48,6 @@ def build(
         collected = collect(urls, settings, embedder, staging, progress)
         timings["download_filter_embed"] = time.perf_counter() - started
         timings["embed_only"] = collected.embed_seconds
-        return finish(spec, searches, out_dir, settings, embedder, collected, progress, timings, source)
+        return finish(spec, searches, out_dir, settings, embedder, collected, progress, timings, source, examples)
     finally:
         export.remove_staging(out_dir)

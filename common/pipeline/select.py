@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +19,7 @@ from common.pipeline.accept import StagedImage
 from common.pipeline.classes import ClassSpec, Contest, DatasetSpec
 from common.pipeline.collect import Collected
 from common.pipeline.progress import Progress
+from common.pipeline.text_encoder import query_encoder
 
 if TYPE_CHECKING:
     from common.pipeline.embed import ClipEmbedder
@@ -46,13 +47,18 @@ class Picked:
     sims: np.ndarray  # row x class: cosine with the class's prompt
     choices: list[ClassChoice]
     contests: dict[int, Contest]
+    excluded: dict[int, str] = field(default_factory=dict)  # row -> why a negative prompt removed it
 
 
 def pick(
     spec: DatasetSpec, found_by: Mapping[str, set[int]], collected: Collected, settings: Settings,
     embedder: ClipEmbedder, encoders: Sequence[str | None], progress: Progress, timings: dict[str, float],
+    like: np.ndarray | None = None,
 ) -> Picked:
-    """Remove copies, cluster each class's pictures, settle contested ones, keep `limit` per class."""
+    """Remove copies, cluster each class's pictures, settle contested ones, keep `limit` per class.
+
+    `like` (example pictures' unit vectors) also weighs in each class's cluster choice; clusters and
+    then single pictures that match a negative prompt (`spec.exclude`) better than the query go."""
     order = sorted(range(len(collected.staged)), key=lambda i: collected.staged[i].source_sha256)
     staged = [collected.staged[i] for i in order]
     vectors = collected.matrix(embedder.dim)[order]
@@ -61,14 +67,17 @@ def pick(
 
     progress.start("cluster", len(unique))
     started = time.perf_counter()
-    texts = np.stack([embedder.embed_texts([settings.prompt.format(query=c.label)], encoder)[0]
-                      for c, encoder in zip(spec.classes, encoders)])
+    texts = _prompts(embedder, settings, spec.labels)
+    negatives = _prompts(embedder, settings, spec.exclude)
     sims = vectors @ texts.T if len(staged) else np.zeros((0, len(spec.classes)), np.float32)
-    choices = [_choose(c, e, [r for r in unique if c.index in homes[r]], vectors, texts[c.index], settings, embedder)
-               for c, e in zip(spec.classes, encoders)]
+    steer = _Steer(like, negatives, spec.exclude)
+    choices = [_choose(c, e, [r for r in unique if c.index in homes[r]], vectors, texts[c.index], steer, settings,
+                       embedder) for c, e in zip(spec.classes, encoders)]
     claims = {r: [c.spec.index for c in choices if c.holds(r)] for r in unique}
-    contests = classes.settle(claims, sims, embedder.logit_scale, settings.class_margin)
-    picked = Picked(staged, vectors, sims, choices, contests)
+    excluded = _excluded_pictures(claims, sims, vectors, steer)
+    contests = classes.settle({r: cs for r, cs in claims.items() if r not in excluded}, sims, embedder.logit_scale,
+                              settings.class_margin)
+    picked = Picked(staged, vectors, sims, choices, contests, excluded)
     _keep(picked, spec, claims, unique, homes, collected)
     timings["cluster"] = time.perf_counter() - started
     progress.finish("cluster")
@@ -93,14 +102,52 @@ def _remove_copies(
     return [i for i, s in enumerate(staged) if collected.outcomes[s.url].status != "dropped"]
 
 
+@dataclass(frozen=True)
+class _Steer:
+    like: np.ndarray | None  # example pictures' unit vectors
+    negatives: np.ndarray  # the negative prompts' unit vectors, one row per text
+    exclude: tuple[str, ...]  # the negative prompts as given
+
+
+def _prompts(embedder: ClipEmbedder, settings: Settings, texts: Sequence[str]) -> np.ndarray:
+    """One unit vector per text, in the prompt template, each by the encoder its language needs."""
+    if not texts:
+        return np.zeros((0, embedder.dim), np.float32)
+    return np.stack([embedder.embed_texts([settings.prompt.format(query=t)], query_encoder(t, settings))[0]
+                     for t in texts])
+
+
 def _choose(
-    spec: ClassSpec, encoder: str | None, members: list[int], vectors: np.ndarray, text: np.ndarray,
+    spec: ClassSpec, encoder: str | None, members: list[int], vectors: np.ndarray, text: np.ndarray, steer: _Steer,
     settings: Settings, embedder: ClipEmbedder,
 ) -> ClassChoice:
     labels = cluster.cluster_labels(vectors[members], settings.eps, settings.min_samples)
-    summaries = cluster.summarise(labels, vectors[members], text, embedder.logit_scale)
+    summaries = cluster.summarise(labels, vectors[members], text, embedder.logit_scale, steer.like)
+    if steer.exclude:
+        summaries = [_mark_excluded(s, vectors[members][labels == s.id], steer) for s in summaries]
     selection = cluster.choose(summaries, settings.select, embedder.logit_scale)
     return ClassChoice(spec, encoder, selection, {row: int(label) for row, label in zip(members, labels)})
+
+
+def _mark_excluded(summary: cluster.ClusterSummary, members: np.ndarray, steer: _Steer) -> cluster.ClusterSummary:
+    """A cluster whose members match a negative prompt better, on average, than the query."""
+    means = (members @ steer.negatives.T).mean(axis=0)
+    worst = int(np.argmax(means))
+    return replace(summary, excluded_by=steer.exclude[worst]) if means[worst] > summary.query_similarity else summary
+
+
+def _excluded_pictures(claims: dict[int, list[int]], sims: np.ndarray, vectors: np.ndarray, steer: _Steer) -> dict[int, str]:
+    """Pictures in a kept cluster that match a negative prompt better than every class that would keep them."""
+    found: dict[int, str] = {}
+    for r, classes_ in claims.items():
+        if not classes_ or not steer.exclude:
+            continue
+        negative = vectors[r] @ steer.negatives.T
+        worst, best = int(np.argmax(negative)), max(float(sims[r, c]) for c in classes_)
+        if negative[worst] > best:
+            found[r] = (f"matches the negative prompt {steer.exclude[worst]!r} ({negative[worst]:.3f}) better than "
+                        f"the query ({best:.3f})")
+    return found
 
 
 def _keep(
@@ -110,7 +157,7 @@ def _keep(
     """Each class keeps its best matches up to --limit (and, with --balance, the smallest class's count)."""
     for choice in picked.choices:
         c = choice.spec.index
-        mine = [r for r, cs in claims.items() if c in cs and _winner(picked.contests, r, c)]
+        mine = [r for r, cs in claims.items() if c in cs and r not in picked.excluded and _winner(picked.contests, r, c)]
         mine.sort(key=lambda r: (-picked.sims[r, c], picked.staged[r].source_sha256))
         choice.kept = mine[: spec.limit]
     cap = spec.limit
@@ -121,6 +168,10 @@ def _keep(
     owner = {r: ch for ch in picked.choices for r in ch.kept}
     for r in sorted(unique, key=lambda r: picked.staged[r].source_sha256):
         _record(picked, spec, r, owner.get(r), claims[r], homes[r], cap, collected)
+
+
+def _excluded_by(choice: ClassChoice, label: int) -> str | None:
+    return next((c.excluded_by for c in choice.selection.clusters if c.id == label), None)
 
 
 def _winner(contests: dict[int, Contest], row: int, c: int) -> bool:
@@ -146,6 +197,8 @@ def _record(
     chosen = deciding.selection.chosen.id if deciding.selection.chosen else None
     if owner is not None:
         outcome.status = "kept"
+    elif row in picked.excluded:
+        collected.drop(image.url, "excluded", f"{named}{picked.excluded[row]}")
     elif contest is not None and contest.winner is None:
         best, second = (picked.choices[c].spec.label for c in (contest.best, contest.runner_up))
         collected.drop(image.url, "ambiguous_class", f"matches {best!r} (logit {contest.logits[0]}) and {second!r} "
@@ -155,5 +208,8 @@ def _record(
         collected.drop(image.url, "over_limit", f"{named}cluster has more than {limit} {cap} images")
     elif label == -1:
         collected.drop(image.url, "no_cluster", f"{named}not close enough to any group of similar images")
+    elif (negative := _excluded_by(deciding, label)) is not None:
+        collected.drop(image.url, "excluded", f"{named}its cluster {label} matches the negative prompt {negative!r} "
+                       "better than the query")
     else:
         collected.drop(image.url, "other_cluster", f"{named}belongs to cluster {label}, not the chosen {chosen}")
