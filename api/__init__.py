@@ -58,10 +58,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from api.dashboard import bp as dashboard_bp
     from api.jobs import bp as jobs_bp
     from api.original import bp as original_bp
+    from api.search import bp as search_bp
 
     app.register_blueprint(jobs_bp)
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(original_bp)
+    app.register_blueprint(search_bp)
 
     @app.get("/api/openapi.json")
     def openapi_document() -> ResponseReturnValue:
@@ -172,7 +174,11 @@ def _reject_oversized_body() -> None:
     Flask only enforces MAX_CONTENT_LENGTH when a view reads the body; checking the header
     here makes the limit hold for every route (bodies without a length are still capped on read).
     """
-    limit = request.max_content_length  # the app's MAX_CONTENT_LENGTH
+    if request.endpoint == "search.search_by_picture":  # a picture, not a JSON request
+        from api.search import UPLOAD_BYTES
+
+        request.max_content_length = UPLOAD_BYTES
+    limit = request.max_content_length  # the app's MAX_CONTENT_LENGTH, or the route's own
     if limit is not None and request.content_length is not None and request.content_length > limit:
         abort(413)
 

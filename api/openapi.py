@@ -11,10 +11,12 @@ from api import schemas
 from common.lifecycle import JobStatus
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+QUERY_TEXT = {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+TOP = {"name": "top", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
 ERRORS = {"404": "No such job.", "409": "Not possible in the job's current state."}
 
 # (method, path, summary, request model, (status, response model or media type), extra parameters, errors)
-ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[dict[str, Any]], tuple[str, ...]]] = [
+ROUTES: list[tuple[str, str, str, type[BaseModel] | str | None, tuple[str, Any], list[dict[str, Any]], tuple[str, ...]]] = [
     ("post", "/api/jobs", "Submit a job", schemas.JobRequest, ("202", schemas.JobCreated), [], ("409", "413", "415", "422", "429")),
     ("post", "/api/run", "Submit a job the original dashboard's way: `out_dir` as it sent it, `job_id` in the "
      "answer, `detail` always a sentence", schemas.RunRequest, ("202", schemas.RunCreated), [],
@@ -45,6 +47,11 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, tuple[str, Any], list[
      [JOB_ID], ("404", "409")),
     ("post", "/api/jobs/clear", "Remove finished jobs from the history (datasets stay on disk)", None,
      ("200", schemas.Cleared), [], ()),
+    ("get", "/api/jobs/{job_id}/search", "Search a finished job's dataset by text (q), best matches first", None,
+     ("200", schemas.SearchResults), [JOB_ID, QUERY_TEXT, TOP], ("404", "409")),
+    ("post", "/api/jobs/{job_id}/search", "Search a finished job's dataset by a picture (the body, image/*, at "
+     "most 5 MiB), best matches first", "image/*", ("200", schemas.SearchResults), [JOB_ID, TOP],
+     ("404", "409", "413", "415")),
     ("get", "/api/reasons", "What each drop reason code means", None, ("200", schemas.ReasonList), [], ()),
     ("get", "/healthz", "Postgres and Redis reachability", None, ("200", schemas.Health), [], ("503",)),
 ]
@@ -55,7 +62,7 @@ WRITES = ("403",)
 _ERROR_TEXT = {"400": "Bad query parameter or body, or a Host header not in CVDB_ALLOWED_HOSTS.",
                "401": "Missing or wrong bearer token, or an invalid or expired signed link.",
                "403": "A state-changing request sent by a page on another web site.", "404": ERRORS["404"],
-               "409": ERRORS["409"], "413": "Body over 16 KiB.", "415": "Body is not JSON.",
+               "409": ERRORS["409"], "413": "Body over 16 KiB (a picture to search by: 5 MiB).", "415": "Body is not JSON.",
                "422": "A field is missing, of the wrong type or out of bounds.",
                "429": "Too many jobs queued or running; submit again later.",
                "503": "The database or the job queue is unreachable; retry shortly."}
@@ -87,7 +94,7 @@ def _operation(route: tuple[Any, ...], secured: bool) -> dict[str, Any]:
 
 
 def document(secured: bool) -> dict[str, Any]:
-    models = {r[3] for r in ROUTES if r[3]} | {r[4][1] for r in ROUTES if isinstance(r[4][1], type)} | {schemas.ErrorOut}
+    models = {r[3] for r in ROUTES if isinstance(r[3], type)} | {r[4][1] for r in ROUTES if isinstance(r[4][1], type)} | {schemas.ErrorOut}
     _, definitions = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
                                         ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}

@@ -30,6 +30,10 @@ class JobRequest(BaseModel):
                                       "look-alike pictures never in two splits.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the split assignment.")
     balance: bool = Field(False, description="Cut every class to the smallest class's count.")
+    like: list[str] | None = Field(None, max_length=8, description="URLs of example pictures of what to keep: "
+                                   "the cluster choice also weighs how close each group is to them.")
+    exclude: list[str] | None = Field(None, max_length=10, description="Negative prompts: groups, then single "
+                                      "pictures, that match one better than the query are dropped (excluded).")
     output: str | None = Field(None, description="Output folder name under the data folder "
                                f"(letters, digits, . _ -; at most {MAX_OUTPUT}); default: <query>-<id>.",
                                json_schema_extra={"pattern": OUTPUT_NAME})
@@ -64,6 +68,22 @@ class JobRequest(BaseModel):
             raise ValueError("every query must be 1 to 200 printable characters")
         if len(set(value)) != len(value):
             raise ValueError("the same query is given twice; give each class once")
+        return value
+
+    @field_validator("like")
+    @classmethod
+    def _example_urls(cls, value: list[str] | None) -> list[str] | None:
+        for url in value or []:
+            if len(url) > 2000 or not re.fullmatch(r"https?://[^\s]+", url) or _CONTROL.search(url):
+                raise ValueError(f"example pictures are given as http(s) URLs, not {url[:80]!r}")
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _negative_prompts(cls, value: list[str] | None) -> list[str] | None:
+        value = [text.strip() for text in value] if value is not None else None
+        if value is not None and any(not t or len(t) > 200 or _CONTROL.search(t) for t in value):
+            raise ValueError("every negative prompt must be 1 to 200 printable characters")
         return value
 
     @field_validator("split")
@@ -113,8 +133,9 @@ class JobRequest(BaseModel):
         """The options a worker applies over its own settings (only those the user gave)."""
         names = ("select", "oversample", "eps", "min_samples", "min_side", "min_sharpness", "near_duplicate_cosine")
         options: dict[str, Any] = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-        if self.queries or self.split or self.balance:
-            options["dataset"] = {"queries": self.labels, "split": self.split, "seed": self.seed, "balance": self.balance}
+        if self.queries or self.split or self.balance or self.like or self.exclude:
+            options["dataset"] = {"queries": self.labels, "split": self.split, "seed": self.seed, "balance": self.balance,
+                                  "like": self.like or [], "exclude": self.exclude or []}
         return {**options, "urls": self.urls} if self.urls else options
 
 
@@ -229,6 +250,19 @@ class ImageList(BaseModel):
     job_id: str = Field(description="The same as `id` (the original's field).")
     out_dir: str = Field(description="The job's output folder (the original's field).")
     files: list[str] = Field(description="The image file names alone, as the original listed them.")
+
+
+class SearchHit(BaseModel):
+    file: str | None = Field(description="The picture's file, relative to the dataset folder.")
+    score: float = Field(description="Cosine similarity with the text or picture searched for.")
+    url: str | None = Field(None, description="Where to fetch the picture from the API.")
+    label: str | None = None
+    split: str | None = None
+
+
+class SearchResults(BaseModel):
+    id: str
+    hits: list[SearchHit] = Field(description="Best first.")
 
 
 class Reason(BaseModel):

@@ -400,3 +400,13 @@ def test_eight_simultaneous_submissions_of_one_folder_accept_exactly_one(app: Fl
     assert all(body["error"] == "conflict" and body["detail"] for code, body in answers if code == 409)
     with app.app_context():
         assert db.session.scalar(select(func.count()).where(Job.out_dir == "raced")) == 1
+
+
+def test_signed_links_cover_class_folders_and_nothing_that_climbs_out() -> None:
+    from api import signing
+
+    base = "/api/jobs/0b7f0c2e-2f43-4d6c-9a51-3f0c1d2e4a5b/images"
+    assert signing.SIGNABLE.match(f"{base}/img_0001.jpg") and signing.SIGNABLE.match(f"{base}/train/red-panda/img_0001.jpg")
+    for path in (f"{base}/../img_0001.jpg", f"{base}/train/../../img_0001.jpg", f"{base}/.hidden/img_0001.jpg",
+                 f"{base}/a/b/c/d/img_0001.jpg", f"{base}/train/notes.txt"):
+        assert not signing.SIGNABLE.match(path), path

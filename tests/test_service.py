@@ -254,3 +254,29 @@ def test_a_job_of_several_classes_is_built_served_and_archived_as_cvdb_build_mak
     local = {p.relative_to(tmp_path / "local").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in (tmp_path / "local").rglob("img_*.jpg")}
     assert {i["file"]: i["manifest"]["sha256"] for i in images} == local
+
+
+def test_a_steered_job_keeps_what_its_examples_show_and_its_dataset_can_be_searched(
+    service: Service, scenario: Scenario
+) -> None:
+    from test_steer_e2e import VAGUE, targets
+
+    job_id = service.submit(query=VAGUE, like=targets(scenario, 3), exclude=[corpus.DISTRACTOR], limit=30,
+                            output="steered")
+    job = service.wait_status(job_id, {"done", "failed", "cancelled"})
+    assert job["status"] == "done", job["error"]
+    rows = [json.loads(line) for line in (job_dir(service, job) / "manifest.jsonl").read_text().splitlines()]
+    assert {scenario.labels.get(row["url"]) for row in rows} == {corpus.TARGET}
+    assert job["drop_counts"].get("excluded", 0) >= 30  # the red apples, by the negative prompt
+
+    hits = service.api("GET", f"/api/jobs/{job_id}/search", params={"q": corpus.TARGET, "top": 3}).json()["hits"]
+    assert len(hits) == 3 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert service.api("GET", hits[0]["url"]).status_code == 200
+    picture = (job_dir(service, job) / rows[-1]["file"]).read_bytes()
+    by_picture = service.api("POST", f"/api/jobs/{job_id}/search", data=picture,
+                             headers={"Content-Type": "image/jpeg"}).json()["hits"]
+    assert by_picture[0]["file"] == rows[-1]["file"] and by_picture[0]["score"] > 0.99
+    assert service.api("POST", f"/api/jobs/{job_id}/search", data=b"not a picture",
+                       headers={"Content-Type": "image/jpeg"}).status_code == 409
+    assert service.api("POST", f"/api/jobs/{job_id}/search", json={"q": "x"}).status_code == 415
+    assert service.api("GET", f"/api/jobs/{job_id}/search", params={"q": ""}).status_code == 400

@@ -13,6 +13,18 @@ import redis
 QUEUES = ("cpu", "gpu")
 
 
+REPLY_TTL_S = 120  # an answer nobody waits for any more expires
+
+
+def reply(redis_url: str, key: str, answer: dict[str, object]) -> None:
+    """Hand a task's answer to the API request waiting on `key` (BLPOP)."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        client.pipeline().lpush(key, json.dumps(answer, ensure_ascii=False)).expire(key, REPLY_TTL_S).execute()
+    finally:
+        client.close()
+
+
 def waiting_task_ids(redis_url: str, queues: tuple[str, ...] = QUEUES) -> set[str]:
     """Ids of the task messages in the Redis lists of these queues (kombu's message layout)."""
     client = redis.Redis.from_url(redis_url, socket_timeout=5)

@@ -13,6 +13,7 @@ from common.config import Settings
 ROUTES = {
     "workers.tasks.embed": {"queue": "gpu"},
     "workers.tasks.select": {"queue": "gpu"},
+    "workers.tasks.find": {"queue": "gpu"},
     "workers.tasks.*": {"queue": "cpu"},
 }
 # Unacknowledged tasks come back after this long; longer than any task may run.

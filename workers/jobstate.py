@@ -47,7 +47,8 @@ def dataset_spec(job: Job) -> DatasetSpec:
     shape = (job.options or {}).get("dataset", {})
     split = shape.get("split")
     return DatasetSpec(tuple(job.labels), job.request_limit, bool(shape.get("balance")),
-                       tuple(split) if split else None, int(shape.get("seed") or 0))
+                       tuple(split) if split else None, int(shape.get("seed") or 0),
+                       exclude=tuple(shape.get("exclude") or ()), like=tuple(shape.get("like") or ()))
 
 
 def output_dir(job: Job, settings: Settings) -> Path:

@@ -7,6 +7,7 @@ Work already done is skipped, so a redelivered task repeats nothing and duplicat
 
 from __future__ import annotations
 
+import base64
 import functools
 import io
 import json
@@ -28,6 +29,8 @@ from common.pipeline.accept import Rejected, StagedImage
 from common.pipeline.clip_input import ClipInput, ModelLoadError, read_clip_input
 from common.pipeline.collect import Collected, rejection_extra, stage_stream
 from common.pipeline.embed import ClipEmbedder
+from common.pipeline.examples import ExampleError, example_vectors, load_examples, load_picture
+from common.pipeline.find import FindError, check_model, load_index, rank
 from common.pipeline.finish import BuildError, finish
 from common.pipeline.progress import Cancelled, SilentProgress
 from common.pipeline.records import Candidate, Outcome
@@ -38,7 +41,7 @@ from common.pipeline.text_encoder import query_encoder
 from workers import jobstate
 from workers.jobstate import JobError, job_settings
 
-__all__ = ["JobError", "run_embed", "run_fetch_chunk", "run_search", "run_select"]
+__all__ = ["JobError", "run_embed", "run_fetch_chunk", "run_find", "run_search", "run_select"]
 
 
 class JobProgress(SilentProgress):
@@ -87,13 +90,29 @@ def run_search(job_id: str) -> list[int]:
         for label in job.labels:  # a query no encoder can score fails now, not after the downloads
             query_encoder(label, settings)
         export.prepare_output(jobstate.output_dir(job, settings), overwrite=False, owner=job.id)
+        _save_examples(jobstate.staging_dir(job, settings), load_examples(jobstate.dataset_spec(job).like, settings))
         found = _find(job)
-    except (SourceError, export.OutputError, ModelLoadError) as exc:
+    except (SourceError, export.OutputError, ModelLoadError, ExampleError) as exc:
         raise JobError(str(exc)) from exc
     for label, result in found.items():
         if not result.candidates:
             raise JobError(f"{result.served_by} found no image URLs for {label!r}; try another query or source")
     return _store_candidates(job_id, found, settings.fetch_chunk_size)
+
+
+_EXAMPLE = "example-{:02d}.jpg"  # the --like pictures, clean JPEGs in the job's staging folder
+
+
+def _save_examples(folder: Path, examples: list[bytes]) -> None:
+    for i, data in enumerate(examples):
+        export.atomic_write(folder / _EXAMPLE.format(i), data)
+
+
+def _load_examples(folder: Path, count: int) -> list[bytes]:
+    paths = [folder / _EXAMPLE.format(i) for i in range(count)]
+    if not all(export.regular_file(p) for p in paths):
+        raise JobError("the example pictures saved at search time are gone; submit the job again")
+    return [p.read_bytes() for p in paths]
 
 
 # Candidate fields that have their own column; the rest is kept as the row's `meta`.
@@ -263,7 +282,8 @@ def run_select(job_id: str, embedder: ClipEmbedder) -> None:
             searches[label].append(Candidate(url=r.url, source=r.source, rank=r.rank, **_meta(r)))
     info = (job.options or {}).get("source_info")
     try:
-        result = finish(spec, searches, out_dir, settings, embedder, collected, JobProgress(job_id), {}, info)
+        examples = _load_examples(out_dir / export.STAGING, len(spec.like))
+        result = finish(spec, searches, out_dir, settings, embedder, collected, JobProgress(job_id), {}, info, examples)
         report, error = result.report, None
     except BuildError as exc:
         report, error = exc.report, str(exc)
@@ -310,3 +330,23 @@ def _store_outcomes(job_id: str, rows: list[CandidateRow], outcomes: Iterable[Ou
                "result": {k: report.get(k) for k in ("select", "chosen_cluster", "selection_reason", "clusters", "model",
                                                      "classes", "dataset", "warnings")}}
     lifecycle.finish(job_id, error, summary, output)
+
+
+def run_find(job_id: str, query: dict[str, str], top: int, embedder: ClipEmbedder) -> dict[str, Any]:
+    """Rank a finished job's pictures against `query` ({"text": ...} or {"picture": base64 bytes});
+    {"hits": [...]} best first, or {"error": sentence}."""
+    job = db.session.get(Job, job_id)
+    if job is None or job.status != "done":
+        return {"error": f"job {job_id} has no finished dataset to search"}
+    settings = job_settings(job)
+    try:
+        index = load_index(jobstate.output_dir(job, settings))
+        check_model(index, settings.model)
+        if "picture" in query:
+            vector = example_vectors([load_picture(base64.b64decode(query["picture"]), settings)], embedder)
+        else:
+            text = query["text"]
+            vector = embedder.embed_texts([settings.prompt.format(query=text)], query_encoder(text, settings))
+    except (FindError, ExampleError, ModelLoadError, JobError) as exc:
+        return {"error": str(exc)}
+    return {"hits": rank(index, vector, top)}

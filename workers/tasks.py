@@ -165,6 +165,17 @@ def select(job_id: str) -> None:
     guarded(job_id, "select", lambda: stages.run_select(job_id, embedder_for(job_id)))
 
 
+@shared_task(name="workers.tasks.find")
+def find(job_id: str, query: dict[str, str], top: int, reply_to: str) -> None:
+    """A search inside a finished dataset; the answer goes to the Redis list the API waits on."""
+    try:
+        answer = stages.run_find(job_id, query, top, embedder_for(job_id))
+    except Exception as exc:  # the API must hear back, whatever happened
+        log.exception("job %s: search failed", job_id)
+        answer = {"error": f"the search failed: {type(exc).__name__}: {exc}"}
+    broker.reply(jobstate.base_settings().redis_url, reply_to, answer)
+
+
 @shared_task(name="workers.tasks.finish_cancel")
 def finish_cancel(job_id: str) -> None:
     """Backstop for a cancel whose tasks were all revoked before any of them ran."""

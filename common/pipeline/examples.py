@@ -31,6 +31,8 @@ class ExampleError(Exception):
 
 def load_examples(refs: Sequence[str], settings: Settings) -> list[bytes]:
     """Each example (an http(s) URL or a file path) as a clean JPEG, in the order given."""
+    if not refs:
+        return []
     if len(refs) > MAX_EXAMPLES:
         raise ExampleError(f"{len(refs)} example pictures given; use at most {MAX_EXAMPLES}")
     urls = list(dict.fromkeys(ref for ref in refs if is_http_url(ref)))
@@ -41,7 +43,7 @@ def load_examples(refs: Sequence[str], settings: Settings) -> list[bytes]:
         data = fetched[ref] if ref in fetched else _read_file(ref, settings.max_bytes)
         jpeg = pool.export(ref, data, settings)
         if isinstance(jpeg, Rejected):
-            raise ExampleError(f"example picture {ref} cannot be used: {jpeg.reason} ({jpeg.detail})")
+            raise ExampleError(f"example picture {ref} cannot be used: {jpeg.reason} ({_why(jpeg)})")
         clean.append(jpeg)
     return clean
 
@@ -54,6 +56,18 @@ async def _download(urls: list[str], settings: Settings) -> dict[str, bytes]:
                                f"({download.detail})")
         found[download.url] = download.data
     return found
+
+
+def load_picture(data: bytes, settings: Settings, name: str = "the uploaded picture") -> bytes:
+    """One picture's bytes (an upload) as a clean JPEG, decoded in a decode worker."""
+    jpeg = shared_pool(settings.decode_workers).export(name, data, settings)
+    if isinstance(jpeg, Rejected):
+        raise ExampleError(f"{name} cannot be used: {jpeg.reason} ({_why(jpeg)})")
+    return jpeg
+
+
+def _why(rejected: Rejected) -> str:
+    return (rejected.detail or "").removeprefix("at export: ")  # the export decoder's words; here it is the only one
 
 
 def _read_file(ref: str, max_bytes: int) -> bytes:
