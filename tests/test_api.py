@@ -192,6 +192,14 @@ def test_malformed_bodies_get_clear_4xx(client: FlaskClient) -> None:
     assert_error(client.post("/api/jobs", data=b"x" * 20000, content_type="application/json"), 413)
 
 
+def test_a_picture_to_search_by_may_be_larger_than_a_json_body_but_not_unbounded(client: FlaskClient) -> None:
+    unknown = "/api/jobs/0b7f0c2e-2f43-4d6c-9a51-3f0c1d2e4a5b/search"
+    assert_error(client.post(unknown, data=b"\xff" * 100_000, content_type="image/jpeg"), 404, "not_found")
+    assert_error(client.post(unknown, data=b"\xff" * (6 * 1024 * 1024), content_type="image/jpeg"), 413)
+    assert_error(client.post("/api/jobs", data=b"x" * 100_000, content_type="application/json"), 413)
+    assert_error(client.get(unknown, query_string={"q": ""}), 400, "bad_request")
+
+
 def test_an_output_in_use_is_a_conflict(client: FlaskClient, app: Flask, backing: tuple[Path, str, str]) -> None:
     (backing[0] / "data" / "taken").mkdir(parents=True)
     (backing[0] / "data" / "taken" / "manifest.jsonl").write_text("{}\n")
