@@ -45,9 +45,11 @@ def shot(browser: WebDriver, name: str, full_page: bool = False) -> None:
         page_height = js(browser, "return document.documentElement.scrollHeight")
         browser.set_window_size(width, min(max(height, page_height + 140), 5000))
     try:
-        # Let a resized page lay out and paint its images before the picture is taken.
+        # Let a resized page lay out and paint its images before the picture is taken (those it shows:
+        # a lazy image the image filter hides never loads).
         browser.execute_async_script("const done = arguments[0]; Promise.all([...document.images]"
-                                     ".filter(i => i.src).map(i => i.decode().catch(() => null)))"
+                                     ".filter(i => i.src && i.getClientRects().length)"
+                                     ".map(i => i.decode().catch(() => null)))"
                                      ".then(() => requestAnimationFrame(() => requestAnimationFrame(done)));")
         browser.save_screenshot(str(SHOTS / f"{name}.png"))
     finally:
@@ -262,6 +264,178 @@ def test_phone_width_has_no_horizontal_overflow(browser: WebDriver, service: Ser
         shot(browser, "11-phone-job", full_page=True)
     finally:
         browser.set_window_size(*DESKTOP)
+
+
+def shown_images(browser: WebDriver) -> list[str]:
+    """The files of the tiles the grid shows now (the filter hides the others), sorted."""
+    return sorted(js(browser, "return [...document.querySelectorAll('#image-grid .thumb')]"
+                              ".filter(t => t.offsetParent !== null).map(t => t.querySelector('img').alt)"))
+
+
+def filter_buttons(browser: WebDriver, group: str) -> dict[str, Any]:
+    """The filter's buttons of one group ('classes' or 'splits') by the value they select ('' for All)."""
+    return {b.get_attribute("data-value") or "": b
+            for b in browser.find_elements(By.CSS_SELECTOR, f"#filter-{group} button")}
+
+
+def pressed(buttons: dict[str, Any]) -> list[str]:
+    return [value for value, b in buttons.items() if b.get_attribute("aria-pressed") == "true"]
+
+
+def polls(browser: WebDriver) -> int:
+    return int(js(browser, "return Number(document.body.dataset.polls || 0)"))
+
+
+def test_a_job_of_several_classes_shows_a_card_per_class_and_filters_its_images(
+        browser: WebDriver, service: Service, scenario: Any, image_server: ImageServer) -> None:
+    from test_classes_e2e import CLASSES, labelled_list
+
+    lines, _ = labelled_list(scenario)
+    # One picture that takes 8 s to come keeps the job downloading over several polls of the page
+    # (it is too small to be kept).
+    slow = f"{CLASSES[2]}\t{image_server.url('/slow/8?dashboard-classes')}"
+    job_id = service.submit(queries=list(CLASSES), source="urls", urls=[*lines, slow], limit=20,
+                            split=[0.6, 0.2, 0.2], output="dash-classes")
+    open_page(browser, f"{service.url}/jobs/{job_id}")
+
+    # While it runs: a card per class, and the filter's class buttons (All, then the classes in order).
+    wait(browser, lambda b: len(filter_buttons(b, "classes")) == 1 + len(CLASSES), "the class filter")
+    classes = filter_buttons(browser, "classes")
+    assert [b.text for b in classes.values()] == ["All", *CLASSES] and pressed(classes) == [""]
+    assert [b.text for b in filter_buttons(browser, "splits").values()] == ["All", "train", "val", "test"]
+    cards = browser.find_elements(By.CSS_SELECTOR, "#class-cards .class-card")
+    assert [c.get_attribute("data-label") for c in cards] == list(CLASSES)
+    assert js(browser, "return document.getElementById('image-filter').hidden") is False
+    shot(browser, "14-classes-running")
+
+    # A class chosen while the page redraws on every poll stays chosen: the same buttons, still pressed.
+    classes[CLASSES[1]].click()
+    assert pressed(classes) == [CLASSES[1]]
+    seen = polls(browser)
+    wait(browser, lambda b: polls(b) >= seen + 2, "two more polls of the running job", 30)
+    assert service.job(job_id)["status"] in {"queued", "running"}, "the job ended before the polls were seen"
+    assert pressed(classes) == [CLASSES[1]]  # a redrawn button would be stale here
+    assert pressed(filter_buttons(browser, "splits")) == [""]
+
+    job = service.wait_status(job_id, {"done", "failed", "cancelled"})
+    assert job["status"] == "done", job["error"]
+    wait(browser, lambda b: js(b, "return document.querySelector('#job-status .status').textContent") == "done",
+         "the page to see the job done")
+    images = service.api("GET", f"/api/jobs/{job_id}/images").json()["images"]
+
+    def files(label: str | None = None, split: str | None = None) -> list[str]:
+        return sorted(i["file"] for i in images if label in (None, i["label"]) and split in (None, i["split"]))
+
+    assert 0 < len(files(CLASSES[1])) < len(images)
+    wait(browser, lambda b: shown_images(b) == files(CLASSES[1]), "only the chosen class's images")
+    assert pressed(classes) == [CLASSES[1]]
+    assert browser.find_element(By.ID, "images-count").text == f"{len(files(CLASSES[1]))} of {len(images)} images"
+    tags = js(browser, "return [...document.querySelectorAll('#image-grid .thumb')].filter(t => !t.hidden)"
+                       ".map(t => [...t.querySelectorAll('.tag')].map(s => s.textContent))")
+    by_file = {i["file"]: i for i in images}
+    assert sorted(tags) == sorted([by_file[f]["label"], by_file[f]["split"]] for f in files(CLASSES[1]))
+
+    # The cards: kept as the API counts it, each split's count, and why the class's cluster was kept.
+    cards = browser.find_elements(By.CSS_SELECTOR, "#class-cards .class-card")
+    assert [(c.get_attribute("data-label"), int(c.find_element(By.CSS_SELECTOR, ".class-count").text)) for c in cards] \
+        == [(c["label"], c["kept"]) for c in job["classes"]]
+    for card, result in zip(cards, job["result"]["classes"], strict=True):
+        splits = {s.get_attribute("data-split"): int(s.find_element(By.TAG_NAME, "strong").text)
+                  for s in card.find_elements(By.CSS_SELECTOR, ".split-count")}
+        assert splits == {name: result["splits"].get(name, 0) for name in ("train", "val", "test")}
+        assert sum(splits.values()) == result["counts"]["kept"] == len(files(result["label"]))
+        assert result["selection_reason"] in card.find_element(By.CSS_SELECTOR, ".class-reason").text
+    assert js(browser, "return document.getElementById('job-warnings').hidden") is (not job["result"]["warnings"])
+    rows = browser.find_elements(By.CSS_SELECTOR, "#cluster-table tbody tr")
+    assert len(rows) == sum(len(c["clusters"]) for c in job["result"]["classes"])
+    assert sorted((r.get_attribute("data-label"), r.get_attribute("data-cluster"))
+                  for r in browser.find_elements(By.CSS_SELECTOR, "#cluster-table tr.chosen")) == \
+        sorted((c["label"], str(c["chosen_cluster"])) for c in job["result"]["classes"]
+               if c["chosen_cluster"] is not None)
+
+    # The split selector narrows further; "All" classes with a split shows that split of every class.
+    splits = filter_buttons(browser, "splits")
+    splits["val"].click()
+    wait(browser, lambda b: shown_images(b) == files(CLASSES[1], "val"), "the chosen class's val images")
+    assert pressed(splits) == ["val"] and pressed(classes) == [CLASSES[1]]
+    shot(browser, "15-classes-filtered", full_page=True)
+    classes[""].click()
+    wait(browser, lambda b: shown_images(b) == files(split="val"), "every class's val images")
+    assert pressed(classes) == [""] and pressed(splits) == ["val"]
+
+    # The viewer names the class and the split, and steps through the images the filter shows.
+    shown = [f for f in (i["file"] for i in images) if f in set(files(split="val"))]
+    browser.find_element(By.CSS_SELECTOR, f"#image-grid .thumb img[alt='{shown[0]}']").click()
+    wait(browser, lambda b: js(b, "return document.getElementById('viewer').open"), "the viewer")
+    viewer = browser.find_element(By.ID, "viewer")
+    facts = dict(js(browser, "return [...document.querySelectorAll('#viewer-facts dt')]"
+                             ".map(d => [d.textContent, d.nextElementSibling.textContent])"))
+    assert facts["Class"] == by_file[shown[0]]["label"] and facts["Split"] == "val"
+    assert viewer.find_element(By.ID, "viewer-title").text == f"{shown[0]} (1 of {len(shown)})"
+    viewer.send_keys(Keys.ARROW_RIGHT)
+    wait(browser, lambda b: b.find_element(By.ID, "viewer-title").text.startswith(f"{shown[1]} "), "the next val image")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    wait(browser, lambda b: not js(b, "return document.getElementById('viewer').open"), "the viewer to close", 5)
+
+    browser.set_window_size(390, 844)
+    try:
+        widths = js(browser, "return [document.documentElement.scrollWidth, document.body.scrollWidth,"
+                             " document.documentElement.clientWidth]")
+        assert max(widths[:2]) <= widths[2], widths
+        shot(browser, "16-phone-classes", full_page=True)
+    finally:
+        browser.set_window_size(*DESKTOP)
+
+
+def test_the_form_sends_more_classes_a_split_and_balance(browser: WebDriver, service: Service) -> None:
+    from test_classes_e2e import CLASSES
+
+    open_page(browser, service.url)
+    # Blank lines and spaces around a class are dropped; the query field is the first class.
+    fill(browser, {"query": CLASSES[0], "queries": f"  {CLASSES[1]} \n\n{CLASSES[2]}\n", "limit": "5",
+                   "output": "dash-form-classes", "source": "naver", "split": "0.8;x"})
+    browser.find_element(By.ID, "start").click()
+    wait(browser, lambda b: b.find_element(By.ID, "err-split").text, "the split's message", 5)
+    assert "0.8,0.1,0.1" in browser.find_element(By.ID, "err-split").text
+    assert browser.find_element(By.ID, "f-split").get_attribute("aria-invalid") == "true"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#form-message a")  # nothing was sent
+    assert all(j["output"] != "dash-form-classes" for j in service.api("GET", "/api/jobs?per_page=100").json()["jobs"])
+
+    fill(browser, {"split": "0.8, 0.2"})
+    browser.find_element(By.ID, "f-balance").click()
+    browser.find_element(By.ID, "start").click()
+    link = wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, "#form-message a")), "the job's link")
+    job_id = link.get_attribute("href").rstrip("/").split("/")[-1]
+    assert browser.find_element(By.ID, "err-split").text == ""
+    job = service.job(job_id)
+    try:
+        assert job["queries"] == list(CLASSES) and job["query"] == ", ".join(CLASSES)
+        dataset = job["options"]["dataset"]
+        assert {k: dataset.get(k) for k in ("queries", "split", "seed", "balance")} == \
+            {"queries": list(CLASSES), "split": [0.8, 0.2], "seed": 0, "balance": True}
+        assert job["limit"] == 5 and job["output"] == "dash-form-classes" and job["source"] == "naver"
+        wait(browser, lambda b: js(b, "const a = document.querySelector("
+                                      "`#jobs tr[data-id='${arguments[0]}'] td.query a`); return a && a.textContent",
+                                      job_id) == ", ".join(CLASSES),
+             "the new job in the history, named by its classes", 10)
+        assert js(browser, "return document.querySelector(`#jobs tr[data-id='${arguments[0]}'] td.kept`).textContent",
+                  job_id).endswith(" / 3 × 5")  # the limit is per class
+    finally:  # the classes were the point; the workers have other jobs to run
+        service.api("POST", f"/api/jobs/{job_id}/cancel")
+        service.wait_status(job_id, {"done", "failed", "cancelled"}, timeout_s=60)
+
+
+def test_a_single_query_job_page_has_no_class_cards_and_no_filter(browser: WebDriver, service: Service,
+                                                                  form_job: dict[str, Any]) -> None:
+    open_page(browser, f"{service.url}/jobs/{form_job['id']}")
+    count = form_job["count"]
+    wait(browser, lambda b: len(shown_images(b)) == count, f"{count} thumbnails")
+    assert js(browser, "return ['classes', 'image-filter', 'job-warnings']"
+                       ".map(id => document.getElementById(id).offsetParent === null)") == [True, True, True]
+    assert not browser.find_elements(By.CSS_SELECTOR, ".class-card, .thumb-tags, #image-grid .thumb[data-label]")
+    assert browser.find_element(By.ID, "images-count").text == f"{count} images"
+    facts = browser.find_element(By.ID, "job-facts").text
+    assert "Classes" not in facts and "Split" not in facts and "dataset" not in facts
 
 
 @pytest.fixture

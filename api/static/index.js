@@ -34,6 +34,24 @@ function setFieldError(field, message) {
   return true;
 }
 
+/** "0.8,0.1,0.1" (commas, semicolons or spaces between) -> [0.8, 0.1, 0.1]; null if it is not 2 or 3 numbers. */
+function parseSplit(text) {
+  const parts = text.split(/[\s,;]+/).filter(Boolean);
+  if (parts.length < 2 || parts.length > 3) return null;
+  const numbers = parts.map((part) => (/^[+]?(\d+\.?\d*|\.\d+)$/.test(part) ? Number(part) : NaN));
+  return numbers.every(Number.isFinite) ? numbers : null;
+}
+
+/** The URL list: one URL a line (or several split by spaces), or label<TAB>URL to give it to one class. */
+function readUrls(text) {
+  return text.split(/\r?\n/).flatMap((line) => {
+    const tab = line.lastIndexOf("\t");
+    const label = tab > 0 ? line.slice(0, tab).trim() : "";
+    if (label && !/^https?:\/\//i.test(label)) return [`${label}\t${line.slice(tab + 1).trim()}`];
+    return line.split(/\s+/);
+  }).filter(Boolean);
+}
+
 /** The request body from the form: only the fields the user filled in. */
 function readForm() {
   const body = {};
@@ -45,13 +63,28 @@ function readForm() {
       if (input.validity.badInput) { problems.push([name, "enter a number"]); continue; }
       if (input.value.trim() === "") continue;
       body[name] = Number(input.value);
+    } else if (input.type === "checkbox") {
+      if (input.checked) body[name] = true;
+    } else if (name === "queries") {
+      // More classes: the query above is the first class, then one class a line.
+      const more = input.value.split(/\r?\n/).map((line) => line.trim()).filter(Boolean);
+      if (more.length) body.queries = more;
+    } else if (name === "split") {
+      if (input.value.trim() === "") continue;
+      const split = parseSplit(input.value);
+      if (split) body.split = split;
+      else problems.push([name, "Write 2 or 3 fractions separated by commas (train, val, test), e.g. 0.8,0.1,0.1."]);
     } else if (name === "urls") {
-      body.urls = input.value.split(/\s+/).filter(Boolean);
+      body.urls = readUrls(input.value);
     } else if (name === "output") {
       if (input.value.trim()) body.output = input.value.trim();
     } else {
       body[name] = input.value;
     }
+  }
+  if (body.queries) {
+    body.queries = [String(body.query || "").trim(), ...body.queries].filter(Boolean);
+    delete body.query;
   }
   return { body, problems };
 }
@@ -145,6 +178,12 @@ function actionsKey(job) {
   return JSON.stringify([job.final, job.status === "cancelling", job.query, job.output]);
 }
 
+/** "12 / 50"; with several classes the limit is per class: "40 / 3 × 20". */
+function keptText(job) {
+  const classes = Array.isArray(job.queries) ? job.queries.length : 1;
+  return classes > 1 ? `${job.count} / ${classes} × ${job.limit}` : `${job.count} / ${job.limit}`;
+}
+
 function jobRow(job) {
   const row = el("tr", { dataset: { id: job.id, status: job.status } },
     el("td", { class: "query", dataset: { label: "Query" } },
@@ -152,7 +191,7 @@ function jobRow(job) {
       el("span", { class: "muted small block", text: `${job.output} · ${job.source}` })),
     el("td", { dataset: { label: "Status" } }, statusBadge(job.status)),
     progressCell(job),
-    el("td", { class: "num kept", dataset: { label: "Kept" }, text: `${job.count} / ${job.limit}` }),
+    el("td", { class: "num kept", dataset: { label: "Kept" }, text: keptText(job) }),
     el("td", { class: "num", dataset: { label: "Elapsed" }, text: formatElapsed(job.elapsed_s) }),
     el("td", { class: "small", dataset: { label: "Created" }, text: formatTime(job.created_at) }),
     actionsCell(job));

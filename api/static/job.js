@@ -1,4 +1,5 @@
-// One job's page: summary, drop reasons, clusters, kept images with a viewer, and the live log.
+// One job's page: summary, classes, drop reasons, clusters, kept images with a filter and a viewer,
+// and the live log.
 import {
   STEPS, activeSteps, api, clearError, el, formatElapsed, formatNumber, formatTime,
   poll, safeLink, setupAuth, showError, stageInfo, statusBadge, userText,
@@ -11,6 +12,44 @@ let imagesLoadedFor = null;  // the status for which the grid was drawn
 let lastJobKey = null;
 let poller = null;
 let reasons = {};  // code -> {stage, description}, from /api/reasons
+let polls = 0;  // successful refreshes, shown as <body data-polls> (the tests count redraws with it)
+
+const SPLITS = ["train", "val", "test"];
+// What the image grid shows: null means every class / every split. Kept across redraws.
+const filter = { label: null, split: null };
+let filterKey = null;  // the classes and splits the filter buttons were drawn for
+let gridReady = false;  // the grid holds the done job's images
+
+// -- classes and splits ---------------------------------------------------------------------------
+
+/** The dataset's shape: the result's once done, else what was asked for (null for a plain job). */
+function datasetOf(job) {
+  return (job.result && job.result.dataset) || (job.options && job.options.dataset) || null;
+}
+
+/** The split names the job has (those with a fraction above 0), [] without a split. */
+function splitNames(job) {
+  const dataset = datasetOf(job);
+  const fractions = dataset && Array.isArray(dataset.split) ? dataset.split : [];
+  return SPLITS.filter((name, i) => i < fractions.length && fractions[i] > 0);
+}
+
+function labelsOf(job) {
+  return Array.isArray(job.queries) && job.queries.length ? job.queries : [job.query];
+}
+
+/** Several classes or a split: the page shows the class cards and the image filter. */
+function hasClasses(job) {
+  return labelsOf(job).length > 1 || splitNames(job).length > 0;
+}
+
+function imageLabel(image) {
+  return image.label ?? (image.manifest && image.manifest.label) ?? null;
+}
+
+function imageSplit(image) {
+  return image.split ?? (image.manifest && image.manifest.split) ?? null;
+}
 
 // -- summary --------------------------------------------------------------------------------------
 
@@ -37,11 +76,17 @@ function renderSummary(job) {
   const error = document.getElementById("job-error");
   error.hidden = !job.error;
   error.textContent = job.error || "";
+  const warnings = (job.result && Array.isArray(job.result.warnings)) ? job.result.warnings : [];
+  const warningList = document.getElementById("job-warnings");
+  warningList.hidden = warnings.length === 0;
+  warningList.replaceChildren(...warnings.map((text) => userText("li", text)));
 
   const facts = document.getElementById("job-facts");
   facts.replaceChildren();
   const p = job.progress || {};
-  fact(facts, "Kept", `${job.count} of ${job.limit} asked`);
+  const classCount = labelsOf(job).length;
+  fact(facts, "Kept", classCount > 1
+    ? `${job.count} (${job.limit} asked for each of ${classCount} classes)` : `${job.count} of ${job.limit} asked`);
   if (!job.final || !job.stage_counts || job.stage_counts.candidates === undefined) {
     fact(facts, "Candidates", `${p.candidates} found · ${p.fetched} fetched · ${p.accepted} passed the checks`);
   } else {
@@ -50,8 +95,20 @@ function renderSummary(job) {
   fact(facts, "Output folder", job.output);
   fact(facts, "Source", job.source);
   fact(facts, "Selection", (job.result && job.result.select) || job.options.select || "query");
-  const extra = Object.entries(job.options || {}).filter(([k]) => !["select", "urls"].includes(k));
+  const extra = Object.entries(job.options || {}).filter(([k]) => !["select", "urls", "dataset"].includes(k));
   if (extra.length) fact(facts, "Options", extra.map(([k, v]) => `${k}=${v}`).join(", "));
+  const dataset = datasetOf(job);
+  if (dataset) {
+    const labels = labelsOf(job);
+    if (labels.length > 1) fact(facts, "Classes", String(labels.length));
+    const names = splitNames(job);
+    if (names.length) {
+      fact(facts, "Split", `${names.map((name) => `${name} ${dataset.split[SPLITS.indexOf(name)]}`).join(" · ")}`
+        + ` (seed ${dataset.seed ?? 0})`);
+    }
+    if (dataset.balance) fact(facts, "Balance", "every class cut to the smallest class's count");
+    if (dataset.format && dataset.format !== "imagefolder") fact(facts, "Format", dataset.format);
+  }
   if (job.options && job.options.urls) fact(facts, "URLs given", String(job.options.urls.length));
   fact(facts, "Created", formatTime(job.created_at));
   fact(facts, "Finished", formatTime(job.finished_at));
@@ -120,22 +177,76 @@ function renderDrops(job) {
     el("strong", { text: counts[key] }), ` ${label}`)));
 }
 
+function renderClasses(job) {
+  const section = document.getElementById("classes");
+  section.hidden = !hasClasses(job);
+  if (section.hidden) return;
+  const live = new Map((job.classes || []).map((c) => [c.label, c]));
+  const done = new Map(((job.result && job.result.classes) || []).map((c) => [c.label, c]));
+  const names = splitNames(job);
+  const labels = labelsOf(job);
+  document.getElementById("classes-note").textContent = labels.length > 1
+    ? `${labels.length} classes, ${job.limit} images asked for each` : "";
+  document.getElementById("class-cards").replaceChildren(...labels.map((label) => {
+    const now = live.get(label) || {};
+    const result = done.get(label);
+    const kept = now.kept ?? (result && result.counts ? result.counts.kept : 0);
+    const card = el("article", { class: "class-card", dataset: { label, kept } },
+      userText("h3", label, { class: "class-label" }),
+      el("p", { class: "class-kept" }, el("strong", { class: "class-count", text: kept }), ` kept of ${job.limit}`));
+    if (!job.final) {
+      card.append(el("p", { class: "class-progress small muted",
+        text: `${now.accepted ?? 0} / ${now.candidates ?? 0} candidates passed the checks` }));
+    } else if (result && result.counts) {
+      card.append(el("p", { class: "class-progress small muted",
+        text: `${result.counts.candidates ?? "—"} found · ${result.counts.unique ?? "—"} usable` }));
+    }
+    if (result && names.length) {
+      const splits = result.splits || {};
+      card.append(el("p", { class: "class-splits" }, ...names.map((name) =>
+        el("span", { class: "split-count", dataset: { split: name } }, `${name} `,
+          el("strong", { text: splits[name] ?? 0 })))));
+    }
+    if (result && result.selection_reason) {
+      const cluster = result.chosen_cluster === null || result.chosen_cluster === undefined
+        ? "No cluster kept" : `Kept cluster #${result.chosen_cluster}`;
+      card.append(userText("p", `${cluster}: ${result.selection_reason}`, { class: "class-reason small muted" }));
+    }
+    return card;
+  }));
+}
+
 function renderClusters(job) {
   const result = job.result || {};
-  const clusters = Array.isArray(result.clusters) ? result.clusters : [];
+  const perClass = Array.isArray(result.classes) && result.classes.length > 1 ? result.classes : null;
+  // Several classes: one cluster kept per class, each class's clusters listed under its label.
+  const clusters = perClass
+    ? perClass.flatMap((k) => (k.clusters || []).map((c) => ({
+      ...c, label: k.label, chosen: c.id === k.chosen_cluster })))
+    : (Array.isArray(result.clusters) ? result.clusters : []).map((c) => ({
+      ...c, chosen: c.id === result.chosen_cluster }));
   const reason = document.getElementById("selection-reason");
-  reason.textContent = result.selection_reason
-    ? `Kept cluster ${result.chosen_cluster} (${result.select === "largest" ? "largest" : "query match"}): ${result.selection_reason}`
-    : "";
+  if (perClass) {
+    reason.textContent = `One cluster kept per class (${result.select === "largest" ? "largest" : "query match"}); `
+      + "each class card says why.";
+  } else {
+    reason.textContent = result.selection_reason
+      ? `Kept cluster ${result.chosen_cluster} (${result.select === "largest" ? "largest" : "query match"}): ${result.selection_reason}`
+      : "";
+  }
   const table = document.getElementById("cluster-table");
   table.hidden = clusters.length === 0;
   const maxSize = Math.max(1, ...clusters.map((c) => c.size || 0));
   table.tBodies[0].replaceChildren(...clusters.map((c) => {
-    const chosen = c.id === result.chosen_cluster;
+    const chosen = c.chosen;
     const fill = el("span", { class: "hbar-fill" });
     fill.style.width = `${(100 * c.size) / maxSize}%`;
-    return el("tr", { class: chosen ? "chosen" : "", dataset: { cluster: c.id } },
-      el("td", { text: `#${c.id}` }),
+    const labelled = c.label !== undefined;
+    const attrs = labelled ? { cluster: c.id, label: c.label } : { cluster: c.id };
+    return el("tr", { class: chosen ? "chosen" : "", dataset: attrs },
+      labelled
+        ? el("td", {}, userText("span", c.label, { class: "cluster-class" }), `#${c.id}`)
+        : el("td", { text: `#${c.id}` }),
       el("td", { class: "size" }, el("span", { class: "hbar-track small-track" }, fill), ` ${c.size}`),
       el("td", { class: "num", text: formatNumber(c.query_similarity) }),
       el("td", { class: "num", text: formatNumber(c.cohesion) }),
@@ -165,6 +276,7 @@ async function loadImages(job) {
   link.setAttribute("download", `${job.output}.zip`);
   if (job.status !== "done") {
     images = [];
+    gridReady = false;
     grid.replaceChildren();
     empty.hidden = false;
     empty.textContent = !job.final
@@ -175,17 +287,90 @@ async function loadImages(job) {
   }
   const data = await api(job.links.images);
   images = data.images;
-  document.getElementById("images-count").textContent = `${data.count} image${data.count === 1 ? "" : "s"}`;
-  empty.hidden = data.count > 0;
-  empty.textContent = "No images were kept.";
+  gridReady = true;
   grid.replaceChildren(...images.map((image, index) => {
     const img = el("img", { alt: image.file, loading: "lazy", width: 160, height: 160 });
     showImage(img, image.url);
     const sim = image.manifest && typeof image.manifest.query_similarity === "number"
       ? ` · sim ${image.manifest.query_similarity.toFixed(2)}` : "";
-    return el("button", { type: "button", class: "thumb", title: `${image.file}${sim}`, dataset: { index },
-      onclick: () => openViewer(index) }, img, el("span", { class: "thumb-caption", text: `${image.file}${sim}` }));
+    const label = imageLabel(image);
+    const split = imageSplit(image);
+    const tags = [label === null ? null : `class ${label}`, split === null ? null : `split ${split}`].filter(Boolean);
+    const attrs = { index };
+    if (label !== null) attrs.label = label;
+    if (split !== null) attrs.split = split;
+    const title = [`${image.file}${sim}`, ...tags].join("\n");
+    return el("button", { type: "button", class: "thumb", title, dataset: attrs, onclick: () => openViewer(index) }, img,
+      tags.length ? el("span", { class: "thumb-tags" },
+        label === null ? null : userText("span", label, { class: "tag tag-class" }),
+        split === null ? null : el("span", { class: `tag tag-split tag-${split}`, text: split })) : null,
+      el("span", { class: "thumb-caption", text: `${image.file}${sim}` }));
   }));
+  applyFilter();
+}
+
+// -- the image filter -----------------------------------------------------------------------------
+
+function matches(image) {
+  return (filter.label === null || imageLabel(image) === filter.label)
+    && (filter.split === null || imageSplit(image) === filter.split);
+}
+
+/** Indexes (into `images`) of the images the filter lets through, in grid order. */
+function shownIndexes() {
+  return images.flatMap((image, index) => (matches(image) ? [index] : []));
+}
+
+/** Hide the tiles the filter leaves out; the grid itself is never redrawn for it. */
+function applyFilter() {
+  const grid = document.getElementById("image-grid");
+  let shown = 0;
+  for (const tile of grid.children) {
+    const visible = matches(images[Number(tile.dataset.index)]);
+    tile.hidden = !visible;
+    if (visible) shown += 1;
+  }
+  if (gridReady) {  // before the job is done, loadImages wrote what the grid's place says
+    const total = images.length;
+    const filtered = filter.label !== null || filter.split !== null;
+    document.getElementById("images-count").textContent = filtered
+      ? `${shown} of ${total} image${total === 1 ? "" : "s"}`
+      : `${total} image${total === 1 ? "" : "s"}`;
+    const empty = document.getElementById("images-empty");
+    empty.hidden = shown > 0;
+    empty.textContent = total === 0 ? "No images were kept." : "No kept image matches this filter.";
+  }
+  for (const button of document.querySelectorAll("#image-filter button[data-kind]")) {
+    const value = button.dataset.value === undefined ? null : button.dataset.value;
+    button.setAttribute("aria-pressed", String(filter[button.dataset.kind] === value));
+  }
+}
+
+function filterButton(kind, value, text) {
+  const props = { type: "button", class: "chip", dataset: value === null ? { kind } : { kind, value },
+    "aria-pressed": String(filter[kind] === value), onclick: () => { filter[kind] = value; applyFilter(); } };
+  return kind === "label" && value !== null ? userText("button", text, props) : el("button", { ...props, text });
+}
+
+/** Draw the filter buttons once per set of classes and splits: a redraw of the page keeps the same
+ * buttons (and the choice), so a click that lands while the page is redrawn is not lost. */
+function renderFilter(job) {
+  const box = document.getElementById("image-filter");
+  const labels = hasClasses(job) ? labelsOf(job) : [];
+  const names = hasClasses(job) ? splitNames(job) : [];
+  const key = JSON.stringify([labels, names]);
+  if (key === filterKey) return;
+  filterKey = key;
+  if (!labels.includes(filter.label)) filter.label = null;
+  if (!names.includes(filter.split)) filter.split = null;
+  box.hidden = labels.length <= 1 && names.length === 0;
+  document.getElementById("filter-class-group").hidden = labels.length <= 1;
+  document.getElementById("filter-classes").replaceChildren(
+    filterButton("label", null, "All"), ...labels.map((label) => filterButton("label", label, label)));
+  document.getElementById("filter-split-group").hidden = names.length === 0;
+  document.getElementById("filter-splits").replaceChildren(
+    filterButton("split", null, "All"), ...names.map((name) => filterButton("split", name, name)));
+  applyFilter();
 }
 
 // -- the viewer -----------------------------------------------------------------------------------
@@ -193,17 +378,25 @@ async function loadImages(job) {
 const viewer = document.getElementById("viewer");
 let viewing = 0;
 
+/** Show images[index]; the viewer steps through the images the filter shows. */
 function openViewer(index) {
-  viewing = (index + images.length) % images.length;
+  viewing = index;
+  const shown = shownIndexes();
+  const position = shown.indexOf(index);
   const image = images[viewing];
   const m = image.manifest || {};
-  document.getElementById("viewer-title").textContent = `${image.file} (${viewing + 1} of ${images.length})`;
+  document.getElementById("viewer-title").textContent = position >= 0
+    ? `${image.file} (${position + 1} of ${shown.length})` : image.file;
   const img = document.getElementById("viewer-img");
   img.alt = m.title ? `${image.file}: ${m.title}` : image.file;
   img.removeAttribute("src");
   showImage(img, image.url);
   const facts = document.getElementById("viewer-facts");
   facts.replaceChildren();
+  const label = imageLabel(image);
+  const split = imageSplit(image);
+  if (label !== null) fact(facts, "Class", userText("span", label));
+  if (split !== null) fact(facts, "Split", split);
   fact(facts, "Query similarity", formatNumber(m.query_similarity));
   fact(facts, "Cluster", m.cluster ?? "—");
   fact(facts, "Size", m.width && m.height ? `${m.width} × ${m.height} px` : "—");
@@ -217,13 +410,22 @@ function openViewer(index) {
   if (!viewer.open) viewer.showModal();
 }
 
+/** The next (step 1) or previous (step -1) image the filter shows. */
+function step(by) {
+  const shown = shownIndexes();
+  if (!shown.length) return;
+  const position = shown.indexOf(viewing);
+  const next = position < 0 ? (by > 0 ? 0 : shown.length - 1) : (position + by + shown.length) % shown.length;
+  openViewer(shown[next]);
+}
+
 document.getElementById("viewer-close").addEventListener("click", () => viewer.close());
-document.getElementById("viewer-prev").addEventListener("click", () => openViewer(viewing - 1));
-document.getElementById("viewer-next").addEventListener("click", () => openViewer(viewing + 1));
+document.getElementById("viewer-prev").addEventListener("click", () => step(-1));
+document.getElementById("viewer-next").addEventListener("click", () => step(1));
 viewer.addEventListener("click", (event) => { if (event.target === viewer) viewer.close(); });
 viewer.addEventListener("keydown", (event) => {
-  if (event.key === "ArrowLeft") openViewer(viewing - 1);
-  if (event.key === "ArrowRight") openViewer(viewing + 1);
+  if (event.key === "ArrowLeft") step(-1);
+  if (event.key === "ArrowRight") step(1);
 });
 
 // -- log ------------------------------------------------------------------------------------------
@@ -260,9 +462,11 @@ async function refresh() {
     if (key !== lastJobKey) {
       lastJobKey = key;
       renderSummary(job);
+      renderClasses(job);
       renderDrops(job);
       renderClusters(job);
     }
+    renderFilter(job);
     if (imagesLoadedFor !== job.status) {
       await loadImages(job);
       imagesLoadedFor = job.status;
@@ -270,6 +474,8 @@ async function refresh() {
     await refreshLog(job);
     clearError("poll");
     document.body.dataset.loaded = "true";
+    polls += 1;
+    document.body.dataset.polls = String(polls);
     if (location.hash === "#log" && !refresh.scrolled) {
       refresh.scrolled = true;
       document.getElementById("log").scrollIntoView();
