@@ -130,6 +130,8 @@ def _report(
     classes = [_class_entry(ch, settings, collected, found_by, split_of) for ch in picked.choices]
     report["query_encoder"] = classes[0]["query_encoder"] if spec.flat else None
     report["queries"], report["classes"] = list(spec.labels), classes
+    if len(classes) > 1:
+        report["prompt"] = None  # one per class, in `classes`
     report["dataset"] = {"layout": "flat" if spec.flat else "classes", "format": spec.format,
                          "split": list(spec.split) if spec.split else None, "seed": spec.seed, "balance": spec.balance}
     report["steering"] = {"like": [portable(ref) for ref in spec.like], "exclude": list(spec.exclude)}
