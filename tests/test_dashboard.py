@@ -5,6 +5,7 @@ Screenshots of the main states land in test-output/dashboard/ (git-ignored) for 
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -116,6 +117,7 @@ def form_job(browser: WebDriver, service: Service) -> dict[str, Any]:
 def test_a_job_started_from_the_form_reaches_done_in_the_history(browser: WebDriver, form_job: dict[str, Any]) -> None:
     assert form_job["status"] == "done", form_job["error"]
     assert form_job["query"] == QUERY and form_job["output"] == "dash-sunflower" and form_job["limit"] == 30
+    assert "dataset" not in form_job["options"]  # empty "Example pictures" and "Exclude" send nothing
     tr = row(browser, form_job["id"])
     assert tr.find_element(By.CSS_SELECTOR, ".status").text == "done"
     assert tr.find_element(By.CSS_SELECTOR, "td.kept").text == f"{form_job['count']} / 30"
@@ -436,6 +438,266 @@ def test_a_single_query_job_page_has_no_class_cards_and_no_filter(browser: WebDr
     assert browser.find_element(By.ID, "images-count").text == f"{count} images"
     facts = browser.find_element(By.ID, "job-facts").text
     assert "Classes" not in facts and "Split" not in facts and "dataset" not in facts
+
+# -- steering and search ---------------------------------------------------------------------------
+
+SEARCH_TEXT = "sunflower"
+
+
+@pytest.fixture(scope="module")
+def steered_job(service: Service, scenario: Any) -> str:
+    """A vague query steered by 3 example pictures and a negative prompt (as in test_service), not waited for."""
+    from test_steer_e2e import VAGUE, targets
+
+    from common.devkit import corpus
+
+    return service.submit(query=VAGUE, like=targets(scenario, 3), exclude=[corpus.DISTRACTOR], limit=30,
+                          output="dash-steered")
+
+
+def hit_files(browser: WebDriver) -> list[str]:
+    """The files of the search's result tiles, in the order shown."""
+    return js(browser, "return [...document.querySelectorAll('#search-results .thumb')].map(t => t.dataset.file)")
+
+
+def search_title(browser: WebDriver) -> str:
+    """The results header ('Results for ... (N) · Clear'), '' while it is not shown."""
+    return str(js(browser, "const h = document.getElementById('search-head');"
+                           "return h.offsetParent === null ? '' : h.textContent.replace(/\\s+/g, ' ').trim();"))
+
+
+def hits_loaded(browser: WebDriver, n: int) -> bool:
+    return bool(js(browser, "const imgs = [...document.querySelectorAll('#search-results .thumb img')];"
+                            "return imgs.length === arguments[0] && imgs.every(i => i.complete && i.naturalWidth > 0);",
+                   n))
+
+
+def search_message(browser: WebDriver) -> str:
+    return str(browser.find_element(By.ID, "search-message").text)
+
+
+def test_a_steered_job_shows_its_steering_and_is_searched_by_text(browser: WebDriver, service: Service,
+                                                                   scenario: Any, steered_job: str) -> None:
+    from test_steer_e2e import targets
+
+    from common.devkit import corpus
+
+    open_page(browser, f"{service.url}/jobs/{steered_job}")
+    # The examples and the negative prompt come from the request: shown while the job runs too.
+    like = targets(scenario, 3)
+    links = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#job-facts .example-links a"), "the examples")
+    assert [a.get_attribute("href") for a in links] == like and [a.text for a in links] == like
+    assert all(a.get_attribute("rel") == "noopener noreferrer nofollow" for a in links)
+    facts = dict(js(browser, "return [...document.querySelectorAll('#job-facts dt')]"
+                             ".map(d => [d.textContent, d.nextElementSibling.textContent])"))
+    assert facts["Exclude"] == corpus.DISTRACTOR
+
+    job = service.wait_status(steered_job, {"done", "failed", "cancelled"})
+    assert job["status"] == "done", job["error"]
+    wait(browser, lambda b: b.find_element(By.ID, "search-form").is_displayed(), "the search panel once done", 30)
+    kept = job["count"]
+    wait(browser, lambda b: len(shown_images(b)) == kept, f"{kept} thumbnails")
+
+    # The clusters: each one's example similarity, and the groups the negative prompt dropped.
+    clusters = job["result"]["clusters"]
+    excluded = {str(c["id"]): c["excluded_by"] for c in clusters if c.get("excluded_by")}
+    assert excluded, clusters
+    assert browser.find_element(By.ID, "like-column").is_displayed()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#cluster-table tbody tr")
+    assert [r.get_attribute("data-cluster") for r in rows] == [str(c["id"]) for c in clusters]
+    shown_like = [float(r.find_element(By.CSS_SELECTOR, "td.like").text) for r in rows]
+    assert shown_like == pytest.approx([c["like_similarity"] for c in clusters], abs=0.00051)
+    marked = {r.get_attribute("data-cluster"): r.find_element(By.CSS_SELECTOR, ".excluded-tag").text
+              for r in browser.find_elements(By.CSS_SELECTOR, "#cluster-table tr.excluded")}
+    assert marked == {cid: f"excluded: matches '{prompt}'" for cid, prompt in excluded.items()}
+    assert corpus.DISTRACTOR in excluded.values()
+    assert "excluded" in job["drop_counts"]
+    bar = browser.find_element(By.CSS_SELECTOR, "#drop-chart li[data-reason='excluded'] .hbar-label")
+    assert "negative prompt" in bar.get_attribute("title")  # /api/reasons explains it
+
+    # Search by text, Enter in the box: the hits replace the grid, best first, as the API ranks them.
+    box = browser.find_element(By.ID, "search-text")
+    box.send_keys(SEARCH_TEXT, Keys.ENTER)
+    wait(browser, lambda b: search_title(b).startswith(f"Results for '{SEARCH_TEXT}'"), "the search's results")
+    top = int(browser.find_element(By.ID, "search-results").get_attribute("data-top"))
+    api_hits = service.api("GET", f"/api/jobs/{steered_job}/search",
+                           params={"q": SEARCH_TEXT, "top": top}).json()["hits"]
+    n = min(top, kept)
+    assert len(api_hits) == n
+    assert search_title(browser) == f"Results for '{SEARCH_TEXT}' ({n}) · Clear"
+    files = hit_files(browser)
+    assert len(files) == n and files[0] == api_hits[0]["file"]
+    assert sorted(files) == sorted(h["file"] for h in api_hits)
+    wait(browser, lambda b: hits_loaded(b, n), f"{n} result pictures")
+    first = browser.find_element(By.CSS_SELECTOR, "#search-results .thumb")
+    score = float(first.find_element(By.CSS_SELECTOR, ".hit-score").text)
+    assert score == pytest.approx(api_hits[0]["score"], abs=0.002)
+    assert not first.find_elements(By.CSS_SELECTOR, ".thumb-tags")  # one class, no split: no tags
+    assert shown_images(browser) == [] and not browser.find_element(By.ID, "images-count").is_displayed()
+    assert browser.find_element(By.ID, "search-form").get_attribute("aria-busy") == "false"
+    assert search_message(browser) == ""
+    shot(browser, "17-steered-search", full_page=True)
+
+    # A redraw of the whole page (what saving a token does) keeps the results.
+    seen = polls(browser)
+    js(browser, "document.getElementById('forget-token').click()")
+    wait(browser, lambda b: polls(b) > seen, "a redraw of the page", 30)
+    assert hit_files(browser) == files and search_title(browser) == f"Results for '{SEARCH_TEXT}' ({n}) · Clear"
+    assert shown_images(browser) == []
+
+    # The viewer steps through the hits in rank order.
+    first.click()
+    wait(browser, lambda b: js(b, "return document.getElementById('viewer').open"), "the viewer")
+    assert browser.find_element(By.ID, "viewer-title").text == f"{files[0]} (1 of {n})"
+    browser.find_element(By.ID, "viewer").send_keys(Keys.ARROW_RIGHT)
+    wait(browser, lambda b: b.find_element(By.ID, "viewer-title").text == f"{files[1]} (2 of {n})", "the second hit")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    wait(browser, lambda b: not js(b, "return document.getElementById('viewer').open"), "the viewer to close", 5)
+
+    browser.set_window_size(390, 844)
+    try:
+        widths = js(browser, "return [document.documentElement.scrollWidth, document.body.scrollWidth,"
+                             " document.documentElement.clientWidth]")
+        assert max(widths[:2]) <= widths[2], widths
+    finally:
+        browser.set_window_size(*DESKTOP)
+
+    # "Clear" brings the grid back as it was; an empty search asks for text without asking the API.
+    browser.find_element(By.ID, "search-clear").click()
+    wait(browser, lambda b: len(shown_images(b)) == kept, "the grid again")
+    assert search_title(browser) == "" and hit_files(browser) == []
+    assert browser.find_element(By.ID, "images-count").text == f"{kept} images"
+    box.clear()
+    box.send_keys("   ", Keys.ENTER)
+    wait(browser, lambda b: "Type what to look for" in search_message(b), "the empty search's message", 5)
+    assert search_title(browser) == "" and len(shown_images(browser)) == kept
+
+
+def test_a_steered_job_is_searched_by_picture(browser: WebDriver, service: Service, steered_job: str,
+                                             tmp_path: Path) -> None:
+    job = service.wait_status(steered_job, {"done", "failed", "cancelled"})
+    assert job["status"] == "done", job["error"]
+    open_page(browser, f"{service.url}/jobs/{steered_job}")
+    wait(browser, lambda b: b.find_element(By.ID, "search-form").is_displayed(), "the search panel")
+    images = service.api("GET", f"/api/jobs/{steered_job}/images").json()["images"]
+    pick = images[-1]
+    picture = tmp_path / pick["file"]
+    picture.write_bytes(service.api("GET", pick["url"]).content)
+    upload = browser.find_element(By.ID, "search-picture")
+    upload.send_keys(str(picture))
+    wait(browser, lambda b: search_title(b).startswith(f"Results for the picture '{picture.name}'"), "the results")
+    n = min(int(browser.find_element(By.ID, "search-results").get_attribute("data-top")), job["count"])
+    assert search_title(browser) == f"Results for the picture '{picture.name}' ({n}) · Clear"
+    assert hit_files(browser)[0] == pick["file"]
+    wait(browser, lambda b: hits_loaded(b, n), f"{n} result pictures")
+    js(browser, "document.getElementById('images').scrollIntoView()")
+    shot(browser, "18-search-by-picture")
+
+    # Over 5 MiB: refused in the page, the results stay.
+    big = tmp_path / "big.jpg"
+    big.write_bytes(picture.read_bytes() + b"\0" * (5 * 1024 * 1024))
+    upload.send_keys(str(big))
+    wait(browser, lambda b: "at most 5 MiB" in search_message(b), "the size message", 5)
+    assert "big.jpg" in search_message(browser) and hit_files(browser)[0] == pick["file"]
+
+    # A file that is no picture: the API's own sentence.
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture at all")
+    answer = service.api("POST", f"/api/jobs/{steered_job}/search", data=broken.read_bytes(),
+                         headers={"Content-Type": "image/jpeg"})
+    assert answer.status_code == 409
+    upload.send_keys(str(broken))
+    # (the API's sentence names a Python object by its address, which differs from one call to the next)
+    same = lambda text: re.sub(r"0x[0-9a-f]+", "0x…", text)  # noqa: E731
+    wait(browser, lambda b: search_message(b) and same(search_message(b)) == same(answer.json()["detail"]),
+         "the API's error", 60)
+    assert search_message(browser).startswith("the uploaded picture cannot be used: decode_error")
+    assert "error" in browser.find_element(By.ID, "search-message").get_attribute("class")
+    assert hit_files(browser)[0] == pick["file"]  # the last results stay
+    js(browser, "document.getElementById('images').scrollIntoView()")
+    shot(browser, "19-search-error")
+
+
+def test_the_form_sends_example_pictures_and_negative_prompts(browser: WebDriver, service: Service,
+                                                              scenario: Any) -> None:
+    from test_steer_e2e import targets
+
+    like = targets(scenario, 2)
+    output = "dash-form-steered"
+
+    def created() -> bool:
+        return any(j["output"] == output for j in service.api("GET", "/api/jobs?per_page=100").json()["jobs"])
+
+    open_page(browser, service.url)
+    fill(browser, {"query": QUERY, "limit": "5", "output": output, "source": "naver",
+                   "like": f"{like[0]}\n\nwww.example.com/a.jpg\n", "exclude": "drawing"})
+    browser.find_element(By.ID, "start").click()
+    wait(browser, lambda b: b.find_element(By.ID, "err-like").text, "the example pictures' message", 5)
+    assert "Line 3" in browser.find_element(By.ID, "err-like").text
+    assert "www.example.com/a.jpg" in browser.find_element(By.ID, "err-like").text
+    assert browser.find_element(By.ID, "f-like").get_attribute("aria-invalid") == "true"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#form-message a") and not created()
+    shot(browser, "20-form-steering-error")
+
+    fill(browser, {"like": "\n".join(f"{like[0]}?n={i}" for i in range(9))})
+    browser.find_element(By.ID, "start").click()
+    wait(browser, lambda b: "At most 8" in b.find_element(By.ID, "err-like").text, "the too-many message", 5)
+    assert not created()
+
+    # What only the server checks comes back under its field too: a negative prompt over 200 characters.
+    long_prompt = "x" * 201
+    body = {"query": QUERY, "limit": 5, "output": output, "like": like, "exclude": [long_prompt]}
+    expected = [d["message"] for d in service.api("POST", "/api/jobs", json=body).json()["detail"]
+                if d["field"].split(".")[0] == "exclude"]
+    assert expected and not created()
+    fill(browser, {"like": f"  {like[0]}\n\n{like[1]}  \n", "exclude": long_prompt})
+    browser.find_element(By.ID, "start").click()
+    wait(browser, lambda b: b.find_element(By.ID, "err-exclude").text, "the server's message", 10)
+    assert browser.find_element(By.ID, "err-exclude").text == " ".join(expected)
+    assert browser.find_element(By.ID, "err-like").text == ""
+    assert browser.find_element(By.ID, "f-exclude").get_attribute("aria-invalid") == "true"
+    assert not created()
+
+    fill(browser, {"exclude": "  drawing \n\nlogo\n"})
+    browser.find_element(By.ID, "start").click()
+    link = wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, "#form-message a")), "the job's link")
+    job_id = link.get_attribute("href").rstrip("/").split("/")[-1]
+    try:
+        assert browser.find_element(By.ID, "err-exclude").text == ""
+        dataset = service.job(job_id)["options"]["dataset"]
+        assert dataset["like"] == like and dataset["exclude"] == ["drawing", "logo"]
+        assert dataset["queries"] == [QUERY] and dataset["split"] is None and dataset["balance"] is False
+    finally:  # the fields were the point; the workers have other jobs to run
+        service.api("POST", f"/api/jobs/{job_id}/cancel")
+        job = service.wait_status(job_id, {"done", "failed", "cancelled"}, timeout_s=60)
+    # Its page shows what it was given; a job that is not done has nothing to search.
+    open_page(browser, f"{service.url}/jobs/{job_id}")
+    links = browser.find_elements(By.CSS_SELECTOR, "#job-facts .example-links a")
+    assert [a.get_attribute("href") for a in links] == like
+    if job["status"] != "done":
+        assert not browser.find_element(By.ID, "search-form").is_displayed()
+
+
+def test_search_hits_of_a_job_of_several_classes_name_their_class_and_split(browser: WebDriver,
+                                                                           service: Service) -> None:
+    from test_classes_e2e import CLASSES
+
+    jobs = service.api("GET", "/api/jobs?per_page=100").json()["jobs"]
+    job = next(j for j in jobs if j["output"] == "dash-classes")  # from the class cards' test
+    assert job["status"] == "done", job["error"]
+    open_page(browser, f"{service.url}/jobs/{job['id']}")
+    wait(browser, lambda b: b.find_element(By.ID, "search-form").is_displayed(), "the search panel")
+    browser.find_element(By.ID, "search-text").send_keys(CLASSES[0])
+    browser.find_element(By.ID, "search-submit").click()
+    wait(browser, lambda b: search_title(b).startswith(f"Results for '{CLASSES[0]}'"), "the search's results")
+    top = int(browser.find_element(By.ID, "search-results").get_attribute("data-top"))
+    hits = service.api("GET", f"/api/jobs/{job['id']}/search", params={"q": CLASSES[0], "top": top}).json()["hits"]
+    assert len(hits) == min(top, job["count"]) and hit_files(browser)[0] == hits[0]["file"]
+    by_file = {h["file"]: [h["label"], h["split"]] for h in hits}
+    tags = js(browser, "return [...document.querySelectorAll('#search-results .thumb')]"
+                       ".map(t => [t.dataset.file, [...t.querySelectorAll('.tag')].map(s => s.textContent)])")
+    assert {file: shown for file, shown in tags} == by_file
+    shot(browser, "21-classes-search", full_page=True)
 
 
 @pytest.fixture

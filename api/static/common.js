@@ -29,11 +29,15 @@ export function authHeaders() {
   return t ? { Authorization: `Bearer ${t}` } : {};
 }
 
-/** Call the API; resolves to the parsed JSON (null for 204), rejects with an ApiError. */
-export async function api(path, { method = "GET", body } = {}) {
+/** Call the API; resolves to the parsed JSON (null for 204), rejects with an ApiError.
+ * `body` is sent as JSON; `raw` (a Blob or File) is sent as it is, with its own type as Content-Type. */
+export async function api(path, { method = "GET", body, raw } = {}) {
   const headers = { Accept: "application/json", ...authHeaders() };
   const init = { method, headers, cache: "no-store" };
-  if (body !== undefined) {
+  if (raw !== undefined) {
+    headers["Content-Type"] = raw.type || "application/octet-stream";
+    init.body = raw;
+  } else if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }

@@ -52,6 +52,32 @@ function readUrls(text) {
   }).filter(Boolean);
 }
 
+const MAX_EXAMPLES = 8;
+
+/** One entry a line, spaces around each trimmed, blank lines dropped. */
+function readLines(text) {
+  return text.split(/\r?\n/).map((line) => line.trim()).filter(Boolean);
+}
+
+/** The example pictures: http(s) URLs, one a line; a problem sentence for the first bad line or too many. */
+function readExamples(text) {
+  const lines = text.split(/\r?\n/);
+  const urls = [];
+  for (const [i, raw] of lines.entries()) {
+    const line = raw.trim();
+    if (!line) continue;
+    if (!/^https?:\/\/\S+$/i.test(line)) {
+      const shown = line.length > 60 ? `${line.slice(0, 60)}…` : line;
+      return { urls, problem: `Line ${i + 1} is not an http(s) URL: “${shown}”. Give one picture address a line.` };
+    }
+    urls.push(line);
+  }
+  if (urls.length > MAX_EXAMPLES) {
+    return { urls, problem: `At most ${MAX_EXAMPLES} example pictures; ${urls.length} are given.` };
+  }
+  return { urls, problem: null };
+}
+
 /** The request body from the form: only the fields the user filled in. */
 function readForm() {
   const body = {};
@@ -67,13 +93,20 @@ function readForm() {
       if (input.checked) body[name] = true;
     } else if (name === "queries") {
       // More classes: the query above is the first class, then one class a line.
-      const more = input.value.split(/\r?\n/).map((line) => line.trim()).filter(Boolean);
+      const more = readLines(input.value);
       if (more.length) body.queries = more;
     } else if (name === "split") {
       if (input.value.trim() === "") continue;
       const split = parseSplit(input.value);
       if (split) body.split = split;
       else problems.push([name, "Write 2 or 3 fractions separated by commas (train, val, test), e.g. 0.8,0.1,0.1."]);
+    } else if (name === "like") {
+      const { urls, problem } = readExamples(input.value);
+      if (problem) problems.push([name, problem]);
+      else if (urls.length) body.like = urls;
+    } else if (name === "exclude") {
+      const prompts = readLines(input.value);
+      if (prompts.length) body.exclude = prompts;
     } else if (name === "urls") {
       body.urls = readUrls(input.value);
     } else if (name === "output") {

@@ -1,7 +1,7 @@
 // One job's page: summary, classes, drop reasons, clusters, kept images with a filter and a viewer,
 // and the live log.
 import {
-  STEPS, activeSteps, api, clearError, el, formatElapsed, formatNumber, formatTime,
+  STEPS, activeSteps, api, clearError, describe, el, formatElapsed, formatNumber, formatTime,
   poll, safeLink, setupAuth, showError, stageInfo, statusBadge, userText,
 } from "/ui/common.js";
 
@@ -20,6 +20,13 @@ const filter = { label: null, split: null };
 let filterKey = null;  // the classes and splits the filter buttons were drawn for
 let gridReady = false;  // the grid holds the done job's images
 
+const SEARCH_TOP = 24;  // hits asked for per search
+const PICTURE_BYTES = 5 * 1024 * 1024;  // the API's limit on a picture to search by
+// The search shown instead of the grid: {what, picture, hits} or null. Kept across redraws: only a new search
+// or "Clear" changes it.
+let search = null;
+let searchSeq = 0;  // the latest search sent; an older answer that comes later is ignored
+
 // -- classes and splits ---------------------------------------------------------------------------
 
 /** The dataset's shape: the result's once done, else what was asked for (null for a plain job). */
@@ -32,6 +39,13 @@ function splitNames(job) {
   const dataset = datasetOf(job);
   const fractions = dataset && Array.isArray(dataset.split) ? dataset.split : [];
   return SPLITS.filter((name, i) => i < fractions.length && fractions[i] > 0);
+}
+
+/** The example pictures and negative prompts the job was given (the request's: the result does not repeat them). */
+function steeringOf(job) {
+  const asked = (job.options && job.options.dataset) || {};
+  const list = (value) => (Array.isArray(value) ? value.filter((v) => typeof v === "string" && v) : []);
+  return { like: list(asked.like), exclude: list(asked.exclude) };
 }
 
 function labelsOf(job) {
@@ -108,6 +122,15 @@ function renderSummary(job) {
     }
     if (dataset.balance) fact(facts, "Balance", "every class cut to the smallest class's count");
     if (dataset.format && dataset.format !== "imagefolder") fact(facts, "Format", dataset.format);
+  }
+  const steering = steeringOf(job);
+  if (steering.like.length) {
+    fact(facts, "Example pictures", el("ul", { class: "fact-list example-links" },
+      ...steering.like.map((url) => el("li", {}, safeLink(url)))));
+  }
+  if (steering.exclude.length) {
+    fact(facts, "Exclude", el("span", { class: "fact-chips" },
+      ...steering.exclude.map((text) => userText("span", text, { class: "tag tag-exclude" }))));
   }
   if (job.options && job.options.urls) fact(facts, "URLs given", String(job.options.urls.length));
   fact(facts, "Created", formatTime(job.created_at));
@@ -236,6 +259,9 @@ function renderClusters(job) {
   }
   const table = document.getElementById("cluster-table");
   table.hidden = clusters.length === 0;
+  // Example similarity: a column only when the job had example pictures to compare with.
+  const withLike = clusters.some((c) => typeof c.like_similarity === "number");
+  document.getElementById("like-column").hidden = !withLike;
   const maxSize = Math.max(1, ...clusters.map((c) => c.size || 0));
   table.tBodies[0].replaceChildren(...clusters.map((c) => {
     const chosen = c.chosen;
@@ -243,12 +269,21 @@ function renderClusters(job) {
     fill.style.width = `${(100 * c.size) / maxSize}%`;
     const labelled = c.label !== undefined;
     const attrs = labelled ? { cluster: c.id, label: c.label } : { cluster: c.id };
-    return el("tr", { class: chosen ? "chosen" : "", dataset: attrs },
+    const excluded = typeof c.excluded_by === "string" && c.excluded_by !== "";
+    if (excluded) attrs.excludedBy = c.excluded_by;
+    // A group the negative prompt dropped says so under its number, where it is seen without scrolling.
+    const mark = excluded ? userText("span", `excluded: matches '${c.excluded_by}'`, {
+      class: "excluded-tag",
+      title: `This group matches the negative prompt '${c.excluded_by}' better than the query.`,
+    }) : null;
+    const rowClass = [chosen ? "chosen" : "", excluded ? "excluded" : ""].filter(Boolean).join(" ");
+    return el("tr", { class: rowClass, dataset: attrs },
       labelled
-        ? el("td", {}, userText("span", c.label, { class: "cluster-class" }), `#${c.id}`)
-        : el("td", { text: `#${c.id}` }),
+        ? el("td", { class: "cluster-id" }, userText("span", c.label, { class: "cluster-class" }), `#${c.id}`, mark)
+        : el("td", { class: "cluster-id" }, `#${c.id}`, mark),
       el("td", { class: "size" }, el("span", { class: "hbar-track small-track" }, fill), ` ${c.size}`),
       el("td", { class: "num", text: formatNumber(c.query_similarity) }),
+      withLike ? el("td", { class: "num like", text: formatNumber(c.like_similarity) }) : null,
       el("td", { class: "num", text: formatNumber(c.cohesion) }),
       el("td", { class: "num", text: formatNumber(c.score, 2) }),
       el("td", {}, chosen ? el("span", { class: "kept-tag", text: "kept" }) : ""));
@@ -373,15 +408,167 @@ function renderFilter(job) {
   applyFilter();
 }
 
+// -- search ---------------------------------------------------------------------------------------
+
+const searchForm = document.getElementById("search-form");
+const searchText = document.getElementById("search-text");
+const searchButton = document.getElementById("search-submit");
+const searchPicture = document.getElementById("search-picture");
+let searchBusy = false;
+
+function setSearchMessage(text, kind = "") {
+  const message = document.getElementById("search-message");
+  message.textContent = text;
+  message.className = kind ? `search-message search-${kind}` : "search-message";
+}
+
+function setSearchBusy(busy) {
+  searchBusy = busy;
+  searchForm.setAttribute("aria-busy", String(busy));
+  searchButton.disabled = busy;
+  searchPicture.disabled = busy;
+  searchButton.textContent = busy ? "Searching…" : "Search";
+}
+
+/** The search panel is there once the job is done; a job that is not (any more) drops its results. */
+function syncSearchPanel(job) {
+  const done = job.status === "done";
+  searchForm.hidden = !done;
+  if (!done && (search !== null || searchBusy)) {
+    search = null;
+    searchSeq += 1;
+    setSearchBusy(false);
+    setSearchMessage("");
+    renderSearch();
+  }
+}
+
+function indexOfFile(file) {
+  return images.findIndex((image) => image.file === file);
+}
+
+/** One ranked hit: its picture, its score, and its class and split when the dataset has them. */
+function hitTile(hit, rank) {
+  const label = hit.label ?? null;
+  const split = hit.split ?? null;
+  const score = typeof hit.score === "number" ? hit.score.toFixed(3) : "—";
+  let picture;
+  if (hit.url) {
+    picture = el("img", { alt: hit.file, loading: "lazy", width: 160, height: 160 });
+    showImage(picture, hit.url);
+  } else {
+    picture = el("span", { class: "thumb-missing", text: "no picture" });
+  }
+  const tags = [label === null ? null : `class ${label}`, split === null ? null : `split ${split}`].filter(Boolean);
+  return el("button", {
+    type: "button", class: "thumb hit", title: [`#${rank + 1} ${hit.file} · score ${score}`, ...tags].join("\n"),
+    dataset: { file: hit.file, rank: rank + 1, score },
+    onclick: () => { const index = indexOfFile(hit.file); if (index >= 0) openViewer(index); },
+  }, picture,
+  tags.length ? el("span", { class: "thumb-tags" },
+    label === null ? null : userText("span", label, { class: "tag tag-class" }),
+    split === null ? null : el("span", { class: `tag tag-split tag-${split}`, text: split })) : null,
+  el("span", { class: "thumb-caption" }, el("strong", { class: "hit-score", text: score }), ` ${hit.file}`));
+}
+
+/** Show the search's hits instead of the grid, or (search null) the grid again with its filter. The grid
+ * itself is left alone underneath, so a redraw of the page while the hits are shown does not lose them. */
+function renderSearch() {
+  document.getElementById("images").classList.toggle("searching", search !== null);
+  document.getElementById("search-head").hidden = search === null;
+  const results = document.getElementById("search-results");
+  results.hidden = search === null;
+  if (search === null) {
+    results.replaceChildren();
+    document.getElementById("search-title").replaceChildren();
+    applyFilter();
+    return;
+  }
+  const n = search.hits.length;
+  document.getElementById("search-title").replaceChildren(
+    `Results for ${search.picture ? "the picture " : ""}`,
+    userText("span", `'${search.what}'`, { class: "search-what" }), ` (${n})`);
+  results.dataset.top = String(SEARCH_TOP);
+  results.replaceChildren(...search.hits.map(hitTile));
+  if (n === 0) results.append(el("p", { class: "empty muted", text: "Nothing in this dataset matches." }));
+}
+
+/** Send one search; only the latest one's answer is shown. */
+async function runSearch(what, picture, request) {
+  const seq = ++searchSeq;
+  setSearchBusy(true);
+  setSearchMessage("Searching…", "busy");
+  try {
+    const data = await request();
+    if (seq !== searchSeq) return;
+    search = { what, picture, hits: Array.isArray(data && data.hits) ? data.hits : [] };
+    setSearchMessage("");
+    renderSearch();
+  } catch (err) {
+    if (seq !== searchSeq) return;
+    setSearchMessage(describe(err), "error");
+  } finally {
+    if (seq === searchSeq) setSearchBusy(false);
+  }
+}
+
+function searchByText(event) {
+  event.preventDefault();
+  if (searchBusy) return;
+  const q = searchText.value.trim();
+  if (!q) {
+    setSearchMessage("Type what to look for, e.g. an object or a color.", "error");
+    searchText.focus();
+    return;
+  }
+  runSearch(q, false, () => api(`${base}/search?q=${encodeURIComponent(q)}&top=${SEARCH_TOP}`));
+}
+
+function searchByPicture() {
+  const file = searchPicture.files && searchPicture.files[0];
+  searchPicture.value = "";  // the same file can be chosen again
+  if (!file || searchBusy) return;
+  if (file.size > PICTURE_BYTES) {
+    const bytes = new Intl.NumberFormat("en").format(file.size);
+    setSearchMessage(`“${file.name}” is too large (${bytes} bytes): a picture to search by can be at most 5 MiB.`,
+      "error");
+    return;
+  }
+  if (!file.type.startsWith("image/")) {
+    setSearchMessage(`“${file.name}” is not a picture; choose a JPEG, PNG or WebP file.`, "error");
+    return;
+  }
+  runSearch(file.name, true, () => api(`${base}/search?top=${SEARCH_TOP}`, { method: "POST", raw: file }));
+}
+
+function clearSearch() {
+  search = null;
+  searchSeq += 1;  // an answer still on its way is not shown
+  setSearchBusy(false);
+  setSearchMessage("");
+  renderSearch();
+  searchText.focus();
+}
+
+searchForm.addEventListener("submit", searchByText);
+searchPicture.addEventListener("change", searchByPicture);
+document.getElementById("search-clear").addEventListener("click", clearSearch);
+
 // -- the viewer -----------------------------------------------------------------------------------
 
 const viewer = document.getElementById("viewer");
 let viewing = 0;
 
-/** Show images[index]; the viewer steps through the images the filter shows. */
+/** The images the viewer steps through: the search's hits in rank order, else those the filter shows. */
+function viewerOrder() {
+  if (search !== null) return search.hits.map((hit) => indexOfFile(hit.file)).filter((index) => index >= 0);
+  return shownIndexes();
+}
+
+/** Show images[index]; the viewer steps through the images the grid (or the search) shows. */
 function openViewer(index) {
   viewing = index;
-  const shown = shownIndexes();
+  const shown = viewerOrder();
   const position = shown.indexOf(index);
   const image = images[viewing];
   const m = image.manifest || {};
@@ -410,9 +597,9 @@ function openViewer(index) {
   if (!viewer.open) viewer.showModal();
 }
 
-/** The next (step 1) or previous (step -1) image the filter shows. */
+/** The next (step 1) or previous (step -1) image the grid (or the search) shows. */
 function step(by) {
-  const shown = shownIndexes();
+  const shown = viewerOrder();
   if (!shown.length) return;
   const position = shown.indexOf(viewing);
   const next = position < 0 ? (by > 0 ? 0 : shown.length - 1) : (position + by + shown.length) % shown.length;
@@ -471,6 +658,7 @@ async function refresh() {
       await loadImages(job);
       imagesLoadedFor = job.status;
     }
+    syncSearchPanel(job);
     await refreshLog(job);
     clearError("poll");
     document.body.dataset.loaded = "true";

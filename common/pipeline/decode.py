@@ -90,7 +90,9 @@ def open_header(data: bytes, max_pixels: int, max_side: int, max_scans: int = 10
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError("decompression_bomb", f"image declares too many pixels ({exc})") from exc
-    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.UnidentifiedImageError as exc:  # its message names a Python object, not the file
+        raise DecodeError("decode_error", "not a readable JPEG/PNG/WebP/GIF/BMP image (no known image header)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DecodeError("decode_error", f"not a readable JPEG/PNG/WebP/GIF/BMP image ({exc})") from exc
     width, height = image.size
     if width * height > max_pixels or max(width, height) > max_side:
