@@ -328,7 +328,7 @@ def _store_outcomes(job_id: str, rows: list[CandidateRow], outcomes: Iterable[Ou
     summary = {"count": int(counts.get("kept", 0)), "stage_counts": counts,
                "drop_counts": dict(report.get("dropped", {})),
                "result": {k: report.get(k) for k in ("select", "chosen_cluster", "selection_reason", "clusters", "model",
-                                                     "classes", "dataset", "warnings")}}
+                                                     "classes", "dataset", "warnings", "steering")}}
     lifecycle.finish(job_id, error, summary, output)
 
 
