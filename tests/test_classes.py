@@ -182,3 +182,23 @@ def test_a_picture_of_a_kept_group_that_matches_a_negative_prompt_better_is_excl
     outcome = collected.outcomes[urls[5]]
     assert (outcome.status, outcome.reason) == ("dropped", "excluded")
     assert "negative prompt 'drawing'" in (outcome.detail or "")
+
+
+def test_the_same_file_under_another_classs_url_counts_as_found_by_that_class(tmp_path: Path) -> None:
+    """Two searches returned one file at two URLs; the second was dropped as duplicate_bytes before
+    staging. The picture still belongs to the second search's class."""
+    axes = np.eye(16, dtype=np.float32)
+    red_panda, fox = axes[0], axes[1]
+    vectors = np.stack([*(_unit(red_panda + 0.25 * axes[2 + i]) for i in range(5)),
+                        *(_unit(fox + 0.25 * axes[7 + i]) for i in range(6))])
+    urls = [f"http://x/{i}.jpg" for i in range(len(vectors))]
+    staged = [StagedImage(url, f"{i:064x}", tmp_path / f"{i}.jpg", 400, 300, "jpeg", {"sharpness": 500.0},
+                          dedup.fingerprint(_noise(i))) for i, url in enumerate(urls)]
+    same_file = "http://elsewhere/fox.jpg"
+    collected = Collected(staged=staged, embeddings=[vectors], outcomes={u: Outcome(u) for u in [*urls, same_file]})
+    collected.drop(same_file, "duplicate_bytes", f"same file as {urls[10]}", sha256=staged[10].source_sha256)
+    found_by = {**{u: {0} for u in urls[:5]}, **{u: {1} for u in urls[5:10]}, urls[10]: {0}, same_file: {1}}
+    embedder = _TextEmbedder({"red panda": red_panda, "fox": fox})
+    picked = select.pick(DatasetSpec(("red panda", "fox"), 10), found_by, collected, Settings(), embedder,
+                         [None, None], SilentProgress(), {})  # type: ignore[arg-type]
+    assert urls[10] in {picked.staged[r].url for r in picked.choices[1].kept}

@@ -62,7 +62,7 @@ def pick(
     order = sorted(range(len(collected.staged)), key=lambda i: collected.staged[i].source_sha256)
     staged = [collected.staged[i] for i in order]
     vectors = collected.matrix(embedder.dim)[order]
-    homes = [set(found_by.get(s.url, {0})) for s in staged]
+    homes = _homes(staged, found_by, collected)
     unique = _remove_copies(staged, vectors, homes, collected, settings, progress, timings)
 
     progress.start("cluster", len(unique))
@@ -82,6 +82,18 @@ def pick(
     timings["cluster"] = time.perf_counter() - started
     progress.finish("cluster")
     return picked
+
+
+def _homes(staged: list[StagedImage], found_by: Mapping[str, set[int]], collected: Collected) -> list[set[int]]:
+    """The classes whose search found each staged picture, also through a URL whose bytes were
+    the same file (dropped as duplicate_bytes before staging)."""
+    homes = [set(found_by.get(s.url, {0})) for s in staged]
+    row_of = {s.source_sha256: r for r, s in enumerate(staged)}
+    for url, outcome in collected.outcomes.items():
+        row = row_of.get(str(outcome.extra.get("sha256")))
+        if outcome.reason == "duplicate_bytes" and row is not None:
+            homes[row] |= found_by.get(url, set())
+    return homes
 
 
 def _remove_copies(
