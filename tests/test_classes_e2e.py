@@ -149,6 +149,11 @@ def test_hf_format_loads_from_disk_with_class_labels(tiny_clip: Path, scenario: 
             assert np.asarray(example["image"]).shape[:2] == (row["height"], row["width"])
     assert len(rows) == sum(len(loaded[s]) for s in loaded)
 
+    again = build(tmp_path, tiny_clip, lines, "--format", "webdataset", "--overwrite", "--limit", "5")
+    assert again.code == 0, again.stderr
+    left = sorted(p.relative_to(again.out).as_posix() for p in again.out.rglob("*") if p.is_file())
+    assert left == [".cvdb-owner", "00000.tar", "classes.json", "embeddings.npy", "manifest.jsonl", "report.json"]
+
 
 def test_deleting_a_dataset_of_classes_removes_its_folders(split_run: tuple[Run, str], tiny_clip: Path,
                                                             scenario: Scenario, tmp_path: Path) -> None:
