@@ -23,9 +23,15 @@ from PIL import Image
 
 from common.config import Settings
 from common.devkit.image_server import ImageServer, small_jpeg
-from common.pipeline import fetch, reasons
-from common.pipeline.fetch import fetch_all, fetch_stream, robots_forbid, sniff_image_format
+from common.pipeline import reasons
+from common.pipeline.fetch import (
+    fetch_all,
+    fetch_stream,
+    robots_forbid,
+    sniff_image_format,
+)
 from common.pipeline.records import Download
+from common.pipeline.retry_after import retry_after_s
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -312,7 +318,7 @@ def test_one_download_per_url_and_every_reason_is_documented(server: ImageServer
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:
     soon = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
-    assert fetch.retry_after_s("7") == 7.0
-    assert 20 < (fetch.retry_after_s(soon) or 0) <= 30
-    assert fetch.retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
-    assert fetch.retry_after_s("soon") is None and fetch.retry_after_s(None) is None
+    assert retry_after_s("7") == 7.0
+    assert 20 < (retry_after_s(soon) or 0) <= 30
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
+    assert retry_after_s("soon") is None and retry_after_s(None) is None

@@ -13,15 +13,20 @@ import pytest
 from common.config import Settings
 from common.devkit.fake_naver import FakeNaver
 from common.pipeline.records import Candidate
+from common.pipeline.retry_after import retry_after_s
 from common.pipeline.sources import SOURCES, SearchResult, search
 from common.pipeline.sources.base import (
     Reply,
     SourceError,
     candidate_from_item,
     original_from_thumbnail,
-    retry_after_seconds,
 )
-from common.pipeline.sources.naver import NaverSource, extract_embedded, js_literal_to_json, parse_xhr_body
+from common.pipeline.sources.naver import (
+    NaverSource,
+    extract_embedded,
+    js_literal_to_json,
+    parse_xhr_body,
+)
 from common.pipeline.sources.naver_api import API_ERRORS, NaverApiSource, api_error
 from common.pipeline.sources.urls import UrlsSource
 
@@ -241,9 +246,9 @@ def test_thumbnail_decoding_is_done_once() -> None:
 
 
 def test_retry_after_forms() -> None:
-    assert retry_after_seconds("5") == 5.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: go now
-    assert retry_after_seconds("soon") is None
+    assert retry_after_s("5") == 5.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: go now
+    assert retry_after_s("soon") is None
 
 
 # --- naver-api ----------------------------------------------------------------------------------

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import struct
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
-from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
@@ -24,6 +22,7 @@ from yarl import URL
 from common.config import Settings
 from common.pipeline import netsafety
 from common.pipeline.records import Download
+from common.pipeline.retry_after import retry_after_s
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ROBOTS_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
@@ -61,22 +60,6 @@ def robots_forbid(values: Iterable[str], user_agent: str) -> bool:
             if applies and name in ROBOTS_DIRECTIVES:
                 return True
     return False
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date), else None."""
-    if not value or not value.strip():
-        return None
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 class _Failure(Exception):

@@ -14,14 +14,13 @@ import re
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import aiohttp
 
 from common.pipeline.records import Candidate
+from common.pipeline.retry_after import retry_after_s
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -220,22 +219,6 @@ class Reply:
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` is either seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 class HttpClient:
     """A polite aiohttp GET: honest User-Agent, retries with backoff, Retry-After, a byte cap.
 
@@ -302,7 +285,7 @@ class HttpClient:
         return float(self.settings.retry_backoff_s * (1 << attempt))
 
     def _wait_for(self, attempt: int, retry_after: str | None, url: str) -> float:
-        asked = retry_after_seconds(retry_after)
+        asked = retry_after_s(retry_after)
         if asked is None:
             return self._backoff(attempt)
         if asked > self.settings.max_retry_after_s:
