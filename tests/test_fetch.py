@@ -322,3 +322,11 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert 20 < (retry_after_s(soon) or 0) <= 30
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
     assert retry_after_s("soon") is None and retry_after_s(None) is None
+
+
+def test_one_retry_rule_for_downloads_and_sources() -> None:
+    from common.pipeline.retry_after import retry_wait
+
+    assert [retry_wait(n, None, 0.5, 30) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]  # backoff doubles
+    assert retry_wait(1, 12.0, 0.5, 30) == 12.0  # the server's Retry-After wins
+    assert retry_wait(1, 31.0, 0.5, 30) is None  # but not past the limit: give up

@@ -22,7 +22,7 @@ from yarl import URL
 from common.config import Settings
 from common.pipeline import netsafety
 from common.pipeline.records import Download
-from common.pipeline.retry_after import retry_after_s
+from common.pipeline.retry_after import retry_after_s, retry_wait
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ROBOTS_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
@@ -145,12 +145,10 @@ def _retry_delay(failure: _Failure, attempt: int, settings: Settings) -> float |
     """Seconds to wait before the next attempt, or None to give up."""
     if not failure.retry or attempt > settings.retries:
         return None
-    if failure.retry_after is None:
-        return settings.retry_backoff_s * 2 ** (attempt - 1)
-    if failure.retry_after > settings.max_retry_after_s:
+    wait = retry_wait(attempt, failure.retry_after, settings.retry_backoff_s, settings.max_retry_after_s)
+    if wait is None:
         failure.detail += f" It asked to retry after {failure.retry_after:g} s, over the limit."
-        return None
-    return failure.retry_after
+    return wait
 
 
 async def _fetch_one(session: aiohttp.ClientSession, url: URL, original: str, settings: Settings,

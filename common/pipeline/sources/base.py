@@ -20,7 +20,7 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 import aiohttp
 
 from common.pipeline.records import Candidate
-from common.pipeline.retry_after import retry_after_s
+from common.pipeline.retry_after import retry_after_s, retry_wait
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -274,28 +274,25 @@ class HttpClient:
                         "check the network connection or try again later",
                         kind="network",
                     ) from exc
-                await self.sleep(self._backoff(attempt))
+                await self.sleep(self._wait_for(attempt, None, url))
                 continue
             if reply.status not in self.retry_statuses or last:
                 return reply
             await self.sleep(self._wait_for(attempt, retry_after, url))
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def _backoff(self, attempt: int) -> float:
-        return float(self.settings.retry_backoff_s * (1 << attempt))
-
     def _wait_for(self, attempt: int, retry_after: str | None, url: str) -> float:
         asked = retry_after_s(retry_after)
-        if asked is None:
-            return self._backoff(attempt)
-        if asked > self.settings.max_retry_after_s:
+        # attempt 0 failed: this is retry 1
+        wait = retry_wait(attempt + 1, asked, self.settings.retry_backoff_s, self.settings.max_retry_after_s)
+        if wait is None:
             raise SourceError(
                 self.source,
                 f"{urlsplit(url).netloc} asks to wait {asked:.0f} s before the next request "
                 f"(more than max_retry_after_s={self.settings.max_retry_after_s:.0f}); try again later",
                 kind="rate_limited",
             )
-        return asked
+        return wait
 
     async def _get_once(
         self, url: str, params: Mapping[str, str] | None, headers: Mapping[str, str] | None
