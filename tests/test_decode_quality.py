@@ -179,3 +179,21 @@ def test_every_threshold_is_a_setting() -> None:
     result = quality.assess_size(800, 600, strict)
     assert result.reason == "too_small"
     assert quality.assess_size(800, 600, Settings()).reason is None
+
+
+def test_fast_sharpness_and_brightness_equal_their_plain_numpy_definitions() -> None:
+    """Sharpness through meanStdDev of a float32 Laplacian and brightness through per-byte tables
+    give what numpy's var of a float64 Laplacian and the per-pixel formula give."""
+    import cv2
+
+    from common.devkit import corpus
+
+    rng = np.random.default_rng(5)
+    for i, name in enumerate([corpus.TARGET, corpus.DISTRACTOR, corpus.LOOKALIKE, *corpus.PATTERNED] * 3):
+        pixels = np.asarray(corpus.render(name, rng))
+        grey = cv2.cvtColor(quality.downscale_long_side(pixels, 512), cv2.COLOR_RGB2GRAY)
+        reference = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+        assert quality.sharpness(pixels, 512) == pytest.approx(reference, rel=1e-12), (i, name)
+        rgb = pixels.astype(np.float32)
+        plain = np.sqrt(0.241 * rgb[..., 0] ** 2 + 0.691 * rgb[..., 1] ** 2 + 0.068 * rgb[..., 2] ** 2) / 255.0
+        assert np.array_equal(quality.brightness(pixels), plain)

@@ -34,13 +34,21 @@ def sharpness(pixels: np.ndarray, side: int = 512) -> float:
     """Laplacian variance of the grey image downscaled to a fixed long side, so a big picture's fine
     pixels do not hide its blur. Never upscaled: interpolation would make sharp small images blurry."""
     gray = cv2.cvtColor(downscale_long_side(pixels, side), cv2.COLOR_RGB2GRAY)
-    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    # The Laplacian of 8-bit pixels is whole numbers, exact in float32; meanStdDev sums in double.
+    # The variance is numpy's .var() of a float64 Laplacian, four to five times faster.
+    _, std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
+    return float(std[0, 0]) ** 2
+
+
+# Each channel's weighted square per byte value, in float32 as the per-pixel arithmetic did it.
+_WEIGHTED_SQUARES = tuple(np.float32(w) * np.arange(256, dtype=np.float32) ** 2 for w in (0.241, 0.691, 0.068))
 
 
 def brightness(pixels: np.ndarray) -> np.ndarray:
     """Per-pixel perceived brightness in [0, 1] (the weights cleanvision uses)."""
-    rgb = pixels.astype(np.float32)
-    weighted = 0.241 * rgb[..., 0] ** 2 + 0.691 * rgb[..., 1] ** 2 + 0.068 * rgb[..., 2] ** 2
+    weighted = _WEIGHTED_SQUARES[0].take(pixels[..., 0])
+    weighted += _WEIGHTED_SQUARES[1].take(pixels[..., 1])
+    weighted += _WEIGHTED_SQUARES[2].take(pixels[..., 2])
     return np.sqrt(weighted) / 255.0
 
 
