@@ -74,15 +74,14 @@ class ClipInput:
         top, left = (size[1] - self.crop_height) // 2, (size[0] - self.crop_width) // 2
         box = (left, top, left + self.crop_width, top + self.crop_height)
         pixels = np.asarray(resized.crop(box))
-        return np.stack([level.take(pixels[..., c]) for c, level in enumerate(self._levels)])
+        return np.stack([self._levels[:, c][pixels[..., c]] for c in range(3)])
 
     @cached_property
-    def _levels(self) -> tuple[np.ndarray, ...]:
-        """Per channel, 256 float32: each byte value rescaled and normalised, the processor's
-        arithmetic done once per value instead of once per pixel (contiguous: `take` is fastest)."""
+    def _levels(self) -> np.ndarray:
+        """(256, 3) float32: each byte value rescaled and normalised per channel, the processor's
+        arithmetic done once per value instead of once per pixel."""
         values = np.arange(256, dtype=np.float32)[:, None] * np.float32(self.rescale)
-        table = (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return tuple(np.ascontiguousarray(table[:, c]) for c in range(3))
+        return (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
 
 def read_clip_input(model: str) -> ClipInput:
