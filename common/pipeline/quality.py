@@ -40,15 +40,10 @@ def sharpness(pixels: np.ndarray, side: int = 512) -> float:
     return float(std[0, 0]) ** 2
 
 
-# Each channel's weighted square per byte value, in float32 as the per-pixel arithmetic did it.
-_WEIGHTED_SQUARES = tuple(np.float32(w) * np.arange(256, dtype=np.float32) ** 2 for w in (0.241, 0.691, 0.068))
-
-
 def brightness(pixels: np.ndarray) -> np.ndarray:
     """Per-pixel perceived brightness in [0, 1] (the weights cleanvision uses)."""
-    weighted = _WEIGHTED_SQUARES[0].take(pixels[..., 0])
-    weighted += _WEIGHTED_SQUARES[1].take(pixels[..., 1])
-    weighted += _WEIGHTED_SQUARES[2].take(pixels[..., 2])
+    rgb = pixels.astype(np.float32)
+    weighted = 0.241 * rgb[..., 0] ** 2 + 0.691 * rgb[..., 1] ** 2 + 0.068 * rgb[..., 2] ** 2
     return np.sqrt(weighted) / 255.0
 
 
