@@ -166,3 +166,23 @@ def test_deleting_a_dataset_of_classes_removes_its_folders(split_run: tuple[Run,
     assert second.code == 0, second.stderr
     assert sorted(p.name for p in second.out.iterdir() if p.is_dir()) == []
     assert all("/" not in row["file"] for row in second.manifest)
+
+
+def test_korean_queries_sort_one_unlabelled_list_into_their_classes(tiny_clip: Path, scenario: Scenario,
+                                                                    tmp_path: Path) -> None:
+    """Every class searches the same URL list; each keeps its own group, scored by the multilingual
+    encoder, and no picture lands in both."""
+    korean = {corpus.TARGET: "해바라기", corpus.DISTRACTOR: "사과"}
+    urls = [u for u, label in scenario.labels.items() if label in korean and u not in scenario.copy_of]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
+    done = cvdb(tmp_path, tiny_clip, "build", *korean.values(), "--urls", str(tmp_path / "urls.txt"),
+                "--out", "data/set")
+    run = Run(done.returncode, done.stdout, done.stderr, tmp_path / "data" / "set")
+    assert run.code == 0, run.stderr
+    for english, label in korean.items():
+        rows = [row for row in run.manifest if row["label"] == label]
+        assert len(rows) >= 10 and all(scenario.labels[row["url"]] == english for row in rows), label
+        assert all(row["file"].startswith("class-") for row in rows)  # an ASCII folder; classes.json names it
+    assert {c["query_encoder"] for c in run.report["classes"]} == {"multilingual"}
+    assert len({row["url"] for row in run.manifest}) == len(run.manifest)
