@@ -115,6 +115,9 @@ class JobRequest(BaseModel):
     def _one_way_to_name_classes(self) -> JobRequest:
         if (self.query is None) == (self.queries is None):
             raise ValueError("give either `query` (one class) or `queries` (several), not both or neither")
+        if self.like and len(self.labels) > 1:
+            raise ValueError("`like` example pictures steer one class's choice and would pull every class towards "
+                             "them; give them with a single query")
         return self
 
     @property

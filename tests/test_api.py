@@ -178,6 +178,12 @@ def test_an_original_job_reads_running_while_it_is_cancelled(client: FlaskClient
     ({"query": "cat", "source": "urls", "urls": ["file:///etc/passwd"]}, "urls"),
     ({"query": "cat", "unknown": 1}, "unknown"),
     ({"query": ["cat"]}, "query"),
+    ({"queries": ["cat", "dog"], "like": ["http://x/cat.jpg"]}, "body"),
+    ({"queries": ["cat", "cat"]}, "queries"),
+    ({"query": "cat", "queries": ["dog"]}, "body"),
+    ({"query": "cat", "split": [0.5, 0.2]}, "split"),
+    ({"query": "cat", "exclude": [""]}, "exclude"),
+    ({"query": "cat", "like": ["file:///etc/passwd"]}, "like"),
 ])
 def test_bad_submissions_get_422_naming_the_field(client: FlaskClient, body: dict[str, Any], field: str) -> None:
     detail = assert_error(client.post("/api/jobs", json=body), 422, "validation_error")["detail"]

@@ -41,6 +41,8 @@ def test_a_dataset_spec_refuses_what_cannot_be_built() -> None:
         DatasetSpec(("cat",), 10, format="parquet")
     with pytest.raises(ValueError, match="non-empty"):
         DatasetSpec(("cat", " "), 10)
+    with pytest.raises(ValueError, match="single query"):
+        DatasetSpec(("cat", "dog"), 10, like=("cat.jpg",))
 
 
 @pytest.mark.parametrize("text, expected", [("0.8,0.1,0.1", (0.8, 0.1, 0.1)), ("0.9,0.1", (0.9, 0.1)),

@@ -43,6 +43,9 @@ class DatasetSpec:
             raise ValueError("every class needs a non-empty query")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("the same query was given twice; give each class once")
+        if self.like and len(self.labels) > 1:
+            raise ValueError("example pictures (--like) steer one class's choice, and would pull every class "
+                             "towards them; give them with a single query")
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; use one of {', '.join(FORMATS)}")
         folders = class_folders(list(self.labels))
