@@ -37,15 +37,8 @@ def load_examples(refs: Sequence[str], settings: Settings) -> list[bytes]:
         raise ExampleError(f"{len(refs)} example pictures given; use at most {MAX_EXAMPLES}")
     urls = list(dict.fromkeys(ref for ref in refs if is_http_url(ref)))
     fetched = asyncio.run(_download(urls, settings)) if urls else {}
-    pool = shared_pool(settings.decode_workers)
-    clean: list[bytes] = []
-    for ref in refs:
-        data = fetched[ref] if ref in fetched else _read_file(ref, settings.max_bytes)
-        jpeg = pool.export(ref, data, settings)
-        if isinstance(jpeg, Rejected):
-            raise ExampleError(f"example picture {ref} cannot be used: {jpeg.reason} ({_why(jpeg)})")
-        clean.append(jpeg)
-    return clean
+    return [load_picture(fetched[ref] if ref in fetched else _read_file(ref, settings.max_bytes), settings,
+                         f"example picture {ref}") for ref in refs]
 
 
 async def _download(urls: list[str], settings: Settings) -> dict[str, bytes]:
