@@ -210,16 +210,20 @@ def find(
     """Search a built dataset by text or by example pictures: one JSON line {file, score} per picture, best first."""
     import json
 
-    import numpy as np
-
     from common.pipeline.clip_input import ModelLoadError
     from common.pipeline.embed import ClipEmbedder
-    from common.pipeline.examples import ExampleError, example_vectors, load_examples
-    from common.pipeline.find import FindError, check_model, load_index, rank
-    from common.pipeline.text_encoder import query_encoder
+    from common.pipeline.examples import ExampleError, load_examples
+    from common.pipeline.find import (
+        FindError,
+        check_model,
+        load_index,
+        rank,
+        search_vectors,
+    )
 
     settings = make_settings(model=model, text_model=text_model, device=device)
-    if not (text or "").strip() and not like:
+    text = (text or "").strip()
+    if not text and not like:
         fail("say what to look for: a text, --like PICTURE, or both", code=2)
     try:
         index = load_index(folder)
@@ -227,14 +231,9 @@ def find(
         examples = load_examples(like or [], settings)
         with err.status(f"Loading CLIP model {settings.model} ..."):
             embedder = ClipEmbedder(settings.model, settings.device)
-        vectors = [example_vectors(examples, embedder)]
-        if (text or "").strip():
-            prompt = settings.prompt.format(query=text.strip())  # type: ignore[union-attr]
-            vectors.append(embedder.embed_texts([prompt], query_encoder(text.strip(), settings)))  # type: ignore[union-attr]
+        query = search_vectors(embedder, settings, text, examples)
     except (FindError, ExampleError, ModelLoadError) as exc:
         fail(str(exc))
-    # The text and the examples weigh the same, however many examples there are.
-    query = np.stack([v.mean(axis=0) / (np.linalg.norm(v.mean(axis=0)) or 1.0) for v in vectors if len(v)])
     for hit in rank(index, query, top):
         typer.echo(json.dumps(hit, ensure_ascii=False))
 

@@ -131,7 +131,7 @@ def test_a_picture_both_classes_would_keep_joins_the_better_match_or_neither(tmp
     found_by = {**{u: {0} for u in urls[:5]}, **{u: {1} for u in urls[5:10]}, urls[10]: both, urls[11]: both}
     spec = DatasetSpec(("red panda", "fox"), 10)
     embedder = _TextEmbedder({"red panda": red_panda, "fox": fox})
-    picked = select.pick(spec, found_by, collected, Settings(), embedder, [None, None],  # type: ignore[arg-type]
+    picked = select.pick(spec, found_by, collected, Settings(), embedder,  # type: ignore[arg-type]
                          SilentProgress(), {})
     assert all(choice.holds(r) for choice in picked.choices for r in (10, 11))  # a real contest for both
     kept = {choice.spec.label: sorted(picked.staged[r].url for r in choice.kept) for choice in picked.choices}
@@ -143,7 +143,7 @@ def test_a_picture_both_classes_would_keep_joins_the_better_match_or_neither(tmp
 
     balanced = Collected(staged=staged, embeddings=[vectors], outcomes={u: Outcome(u) for u in urls})
     spec = DatasetSpec(("red panda", "fox"), 10, balance=True)
-    picked = select.pick(spec, found_by, balanced, Settings(), embedder, [None, None],  # type: ignore[arg-type]
+    picked = select.pick(spec, found_by, balanced, Settings(), embedder,  # type: ignore[arg-type]
                          SilentProgress(), {})
     assert [len(choice.kept) for choice in picked.choices] == [5, 5]
     cut = [o for o in balanced.outcomes.values() if o.reason == "over_limit"]
@@ -177,7 +177,7 @@ def test_a_picture_of_a_kept_group_that_matches_a_negative_prompt_better_is_excl
     collected = Collected(staged=staged, embeddings=[vectors], outcomes={u: Outcome(u) for u in urls})
     spec = DatasetSpec(("red panda",), 10, exclude=("drawing",))
     embedder = _TextEmbedder({"red panda": panda, "drawing": drawing})
-    picked = select.pick(spec, {u: {0} for u in urls}, collected, Settings(), embedder, [None],  # type: ignore[arg-type]
+    picked = select.pick(spec, {u: {0} for u in urls}, collected, Settings(), embedder,  # type: ignore[arg-type]
                          SilentProgress(), {})
     assert picked.choices[0].holds(5) and picked.choices[0].selection.chosen is not None
     assert sorted(picked.staged[r].url for r in picked.choices[0].kept) == urls[:5]
@@ -202,5 +202,5 @@ def test_the_same_file_under_another_classs_url_counts_as_found_by_that_class(tm
     found_by = {**{u: {0} for u in urls[:5]}, **{u: {1} for u in urls[5:10]}, urls[10]: {0}, same_file: {1}}
     embedder = _TextEmbedder({"red panda": red_panda, "fox": fox})
     picked = select.pick(DatasetSpec(("red panda", "fox"), 10), found_by, collected, Settings(), embedder,
-                         [None, None], SilentProgress(), {})  # type: ignore[arg-type]
+                         SilentProgress(), {})  # type: ignore[arg-type]
     assert urls[10] in {picked.staged[r].url for r in picked.choices[1].kept}

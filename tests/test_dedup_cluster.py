@@ -186,7 +186,7 @@ def test_a_cluster_over_the_limit_keeps_its_best_matches_and_drops_the_rest_as_o
     embedder = _QueryEmbedder(query / np.linalg.norm(query))
     found_by = {s.url: {0} for s in staged}
     picked = select.pick(DatasetSpec(("q",), 3), found_by, collected, Settings(), embedder,  # type: ignore[arg-type]
-                         [None], SilentProgress(), {})
+                         SilentProgress(), {})
     selection = picked.choices[0].selection
     kept = [picked.staged[r] for r in picked.choices[0].kept]
     sims = {image.url: float(picked.sims[r, 0]) for r, image in enumerate(picked.staged)}

@@ -29,8 +29,14 @@ from common.pipeline.accept import Rejected, StagedImage
 from common.pipeline.clip_input import ClipInput, ModelLoadError, read_clip_input
 from common.pipeline.collect import Collected, rejection_extra, stage_stream
 from common.pipeline.embed import ClipEmbedder
-from common.pipeline.examples import ExampleError, example_vectors, load_examples, load_picture
-from common.pipeline.find import FindError, check_model, load_index, rank
+from common.pipeline.examples import ExampleError, load_examples, load_picture
+from common.pipeline.find import (
+    FindError,
+    check_model,
+    load_index,
+    rank,
+    search_vectors,
+)
 from common.pipeline.finish import BuildError, finish
 from common.pipeline.progress import Cancelled, SilentProgress
 from common.pipeline.records import Candidate, Outcome
@@ -342,11 +348,8 @@ def run_find(job_id: str, query: dict[str, str], top: int, embedder: ClipEmbedde
     try:
         index = load_index(jobstate.output_dir(job, settings))
         check_model(index, settings.model)
-        if "picture" in query:
-            vector = example_vectors([load_picture(base64.b64decode(query["picture"]), settings)], embedder)
-        else:
-            text = query["text"]
-            vector = embedder.embed_texts([settings.prompt.format(query=text)], query_encoder(text, settings))
+        pictures = [load_picture(base64.b64decode(query["picture"]), settings)] if "picture" in query else []
+        vector = search_vectors(embedder, settings, query.get("text"), pictures)
     except (FindError, ExampleError, ModelLoadError, JobError) as exc:
         return {"error": str(exc)}
     return {"hits": rank(index, vector, top)}

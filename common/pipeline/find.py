@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.config import Settings
 from common.pipeline import export
+from common.pipeline.examples import example_vectors
 from common.pipeline.report import portable
+from common.pipeline.text_encoder import prompt_vectors
+
+if TYPE_CHECKING:
+    from common.pipeline.embed import ClipEmbedder
 
 
 class FindError(Exception):
@@ -45,6 +52,16 @@ def check_model(index: DatasetIndex, model: str) -> None:
     if portable(model, local_folder=True) != index.model:
         raise FindError(f"this dataset was embedded with {index.model!r}, not {model!r}; search it with the same "
                         f"model (--model / CVDB_MODEL)")
+
+
+def search_vectors(embedder: ClipEmbedder, settings: Settings, text: str | None, pictures: Sequence[bytes]) -> np.ndarray:
+    """What to rank against: one unit vector for the text and one for the pictures' mean, so the text
+    and the pictures weigh the same however many pictures there are (clean JPEGs: examples.py)."""
+    parts = [example_vectors(pictures, embedder)] if pictures else []
+    if text:
+        parts.append(prompt_vectors(embedder, settings, [text]))
+    means = [p.mean(axis=0) for p in parts]
+    return np.stack([m / (np.linalg.norm(m) or 1.0) for m in means])
 
 
 def rank(index: DatasetIndex, query: np.ndarray, top: int) -> list[dict[str, Any]]:

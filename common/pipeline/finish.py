@@ -30,7 +30,6 @@ from common.pipeline.examples import example_vectors
 from common.pipeline.progress import Progress
 from common.pipeline.records import Candidate
 from common.pipeline.report import build_report, failure_message, portable, stage_counts
-from common.pipeline.text_encoder import query_encoder
 
 if TYPE_CHECKING:
     from common.pipeline.embed import ClipEmbedder
@@ -69,9 +68,8 @@ def finish(
         for candidate in searches.get(c.label, ()):
             by_url.setdefault(candidate.url, candidate)
             found_by.setdefault(candidate.url, set()).add(c.index)
-    encoders = [query_encoder(c.label, settings) for c in spec.classes]
     like = example_vectors(examples, embedder) if examples else None
-    picked = select.pick(spec, found_by, collected, settings, embedder, encoders, progress, timings, like)
+    picked = select.pick(spec, found_by, collected, settings, embedder, progress, timings, like)
     started = time.perf_counter()
     jpegs = _export_jpegs([picked.staged[r] for ch in picked.choices for r in ch.kept], settings, collected, progress)
     for choice in picked.choices:

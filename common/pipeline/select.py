@@ -7,7 +7,7 @@ every unique picture's outcome is recorded on `collected`, and the kept ones com
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ from common.pipeline.accept import StagedImage
 from common.pipeline.classes import ClassSpec, Contest, DatasetSpec
 from common.pipeline.collect import Collected
 from common.pipeline.progress import Progress
-from common.pipeline.text_encoder import query_encoder
+from common.pipeline.text_encoder import prompt_vectors, query_encoder
 
 if TYPE_CHECKING:
     from common.pipeline.embed import ClipEmbedder
@@ -52,8 +52,7 @@ class Picked:
 
 def pick(
     spec: DatasetSpec, found_by: Mapping[str, set[int]], collected: Collected, settings: Settings,
-    embedder: ClipEmbedder, encoders: Sequence[str | None], progress: Progress, timings: dict[str, float],
-    like: np.ndarray | None = None,
+    embedder: ClipEmbedder, progress: Progress, timings: dict[str, float], like: np.ndarray | None = None,
 ) -> Picked:
     """Remove copies, cluster each class's pictures, settle contested ones, keep `limit` per class.
 
@@ -67,8 +66,9 @@ def pick(
 
     progress.start("cluster", len(unique))
     started = time.perf_counter()
-    texts = _prompts(embedder, settings, spec.labels)
-    negatives = _prompts(embedder, settings, spec.exclude)
+    texts = prompt_vectors(embedder, settings, spec.labels)
+    negatives = prompt_vectors(embedder, settings, spec.exclude)
+    encoders = [query_encoder(c.label, settings) for c in spec.classes]  # for the report
     sims = vectors @ texts.T if len(staged) else np.zeros((0, len(spec.classes)), np.float32)
     steer = _Steer(like, negatives, spec.exclude)
     choices = [_choose(c, e, [r for r in unique if c.index in homes[r]], vectors, texts[c.index], steer, settings,
@@ -119,14 +119,6 @@ class _Steer:
     like: np.ndarray | None  # example pictures' unit vectors
     negatives: np.ndarray  # the negative prompts' unit vectors, one row per text
     exclude: tuple[str, ...]  # the negative prompts as given
-
-
-def _prompts(embedder: ClipEmbedder, settings: Settings, texts: Sequence[str]) -> np.ndarray:
-    """One unit vector per text, in the prompt template, each by the encoder its language needs."""
-    if not texts:
-        return np.zeros((0, embedder.dim), np.float32)
-    return np.stack([embedder.embed_texts([settings.prompt.format(query=t)], query_encoder(t, settings))[0]
-                     for t in texts])
 
 
 def _choose(

@@ -8,8 +8,16 @@ that tower on translated captions, so their vectors sit where CLIP puts the Engl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from common.config import Settings
 from common.pipeline.clip_input import ModelLoadError
+
+if TYPE_CHECKING:
+    from common.pipeline.embed import ClipEmbedder
 
 AUTO, NONE = "auto", "none"
 # Multilingual encoders trained into a CLIP model's image space, by the CLIP model they follow.
@@ -40,3 +48,11 @@ def query_encoder(query: str, settings: Settings) -> str | None:
             "encoder trained into its image space, or pass --text-model none to score it with CLIP's own "
             "English text tower")
     return chosen
+
+
+def prompt_vectors(embedder: ClipEmbedder, settings: Settings, texts: Sequence[str]) -> np.ndarray:
+    """One unit vector per text, in the prompt template, each by the encoder its language needs."""
+    if not texts:
+        return np.zeros((0, embedder.dim), np.float32)
+    return np.stack([embedder.embed_texts([settings.prompt.format(query=t)], query_encoder(t, settings))[0]
+                     for t in texts])
