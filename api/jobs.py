@@ -30,7 +30,7 @@ from common import lifecycle
 from common.config import Settings
 from common.db import db
 from common.models import FINAL_STATUSES, JOB_STATUSES, Candidate, Job
-from common.names import DATASET_FILE, IMAGE_NAME, slug
+from common.names import IMAGE_FILE, slug
 from common.pipeline import export, reasons
 from common.pipeline.export import MANIFEST, REPORT, OutputError, resolve_output
 
@@ -318,7 +318,7 @@ def list_images(job_id: str) -> ResponseReturnValue:
 @bp.get("/jobs/<job_id>/images/<path:name>")
 def get_image(job_id: str, name: str) -> ResponseReturnValue:
     job = _job_or_404(job_id)
-    if not DATASET_FILE.fullmatch(name) or not IMAGE_NAME.fullmatch(name.rsplit("/", 1)[-1]):
+    if not IMAGE_FILE.fullmatch(name):
         raise ApiError(404, "not_found", f"No image {name!r}: image names look like img_0001.jpg or "
                        "train/<class>/img_0001.jpg.")
     folder = _own_folder(job)

@@ -15,9 +15,10 @@ from collections.abc import Mapping, Sequence
 
 from flask import current_app
 
+from common.names import IMAGE_PATH
+
 # An image of a flat dataset or of a class (and split) folder, the archive, the manifest.
-SIGNABLE = re.compile(r"^/api/jobs/[0-9a-f-]{36}/(images/(?:[A-Za-z0-9][A-Za-z0-9._-]{0,99}/){0,3}img_\d{4,6}\.jpg"
-                      r"|archive|manifest)$")
+SIGNABLE = re.compile(rf"^/api/jobs/[0-9a-f-]{{36}}/(images/{IMAGE_PATH}|archive|manifest)$")
 LINK_TTL_S = 3600
 # What link() writes, in ASCII only: str.isdigit() and int() also take '²' or '٣', and int()
 # refuses more than 4300 digits; compare_digest refuses non-ASCII str.

@@ -8,11 +8,13 @@ import re
 
 MAX_OUTPUT = 64  # characters in an output folder name the API accepts
 OUTPUT_NAME = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_OUTPUT - 1}}}$"
-IMAGE_NAME = re.compile(r"^img_\d{4,6}\.jpg$")
 # A file the tool writes inside a dataset folder, relative to it: up to three folder levels
 # (split, class, a format's own), each name starting with a letter or digit, so never "..".
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 DATASET_FILE = re.compile(rf"^(?:{_PART}/){{0,3}}{_PART}$")
+# One of those that is an image: img_0001.jpg, or one in a class (and split) folder.
+IMAGE_PATH = rf"(?:{_PART}/){{0,3}}img_\d{{4,6}}\.jpg"
+IMAGE_FILE = re.compile(rf"^{IMAGE_PATH}$")
 SPLITS = ("train", "val", "test")
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.names import DATASET_FILE, IMAGE_NAME
+from common.names import DATASET_FILE, IMAGE_FILE
 
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
@@ -122,8 +122,7 @@ def is_dataset_file(out_dir: Path, name: object) -> bool:
 
 def is_image(out_dir: Path, name: object) -> bool:
     """A dataset file named img_NNNN.jpg, in `out_dir` or its class folders: the only files served."""
-    return (is_dataset_file(out_dir, name) and isinstance(name, str)
-            and IMAGE_NAME.fullmatch(name.rsplit("/", 1)[-1]) is not None)
+    return isinstance(name, str) and IMAGE_FILE.fullmatch(name) is not None and is_dataset_file(out_dir, name)
 
 
 def manifest_rows(out_dir: Path) -> list[dict[str, Any]]:
