@@ -30,6 +30,7 @@ from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "dashboard"
 QUERY = "해바라기"  # the corpus target in Korean: reaches done in seconds
 DESKTOP = (1280, 900)
+PHONE = (390, 844)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,19 @@ def browser() -> Iterator[WebDriver]:
     SHOTS.mkdir(parents=True, exist_ok=True)
     with chromium(DESKTOP) as driver:
         yield driver
+
+
+def assert_fits_a_phone(browser: WebDriver, shot_name: str | None = None) -> None:
+    """At phone width the page as it is now scrolls only vertically (then back to desktop width)."""
+    browser.set_window_size(*PHONE)
+    try:
+        widths = js(browser, "return [document.documentElement.scrollWidth, document.body.scrollWidth,"
+                             " document.documentElement.clientWidth]")
+        assert max(widths[:2]) <= widths[2], widths
+        if shot_name:
+            shot(browser, shot_name, full_page=True)
+    finally:
+        browser.set_window_size(*DESKTOP)
 
 
 def shot(browser: WebDriver, name: str, full_page: bool = False) -> None:
@@ -249,7 +263,7 @@ def test_api_errors_and_a_dead_backend_show_in_the_banner(browser: WebDriver, se
 
 
 def test_phone_width_has_no_horizontal_overflow(browser: WebDriver, service: Service, form_job: dict[str, Any]) -> None:
-    browser.set_window_size(390, 844)
+    browser.set_window_size(*PHONE)
     try:
         overflow = ("return [document.documentElement.scrollWidth, document.body.scrollWidth,"
                     " document.documentElement.clientWidth]")
@@ -379,14 +393,7 @@ def test_a_job_of_several_classes_shows_a_card_per_class_and_filters_its_images(
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     wait(browser, lambda b: not js(b, "return document.getElementById('viewer').open"), "the viewer to close", 5)
 
-    browser.set_window_size(390, 844)
-    try:
-        widths = js(browser, "return [document.documentElement.scrollWidth, document.body.scrollWidth,"
-                             " document.documentElement.clientWidth]")
-        assert max(widths[:2]) <= widths[2], widths
-        shot(browser, "16-phone-classes", full_page=True)
-    finally:
-        browser.set_window_size(*DESKTOP)
+    assert_fits_a_phone(browser, "16-phone-classes")
 
 
 def test_the_form_sends_more_classes_a_split_and_balance(browser: WebDriver, service: Service) -> None:
@@ -554,13 +561,7 @@ def test_a_steered_job_shows_its_steering_and_is_searched_by_text(browser: WebDr
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     wait(browser, lambda b: not js(b, "return document.getElementById('viewer').open"), "the viewer to close", 5)
 
-    browser.set_window_size(390, 844)
-    try:
-        widths = js(browser, "return [document.documentElement.scrollWidth, document.body.scrollWidth,"
-                             " document.documentElement.clientWidth]")
-        assert max(widths[:2]) <= widths[2], widths
-    finally:
-        browser.set_window_size(*DESKTOP)
+    assert_fits_a_phone(browser)
 
     # "Clear" brings the grid back as it was; an empty search asks for text without asking the API.
     browser.find_element(By.ID, "search-clear").click()
