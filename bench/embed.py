@@ -1,4 +1,4 @@
-"""Embedding throughput of the product's `ClipEmbedder.embed_prepared` at several batch sizes.
+"""Embedding throughput of the product's `ClipEmbedder.embed_crops` at several batch sizes.
 
 Batch sizes are timed in interleaved rounds (order alternating) and each reports its median round,
 so a burst of load from another process on a shared machine hits every batch size alike.
@@ -24,11 +24,11 @@ def batches(pool: np.ndarray, batch_size: int, count: int) -> list[np.ndarray]:
 
 
 def timed_rate(embedder: ClipEmbedder, pool: np.ndarray, batch_size: int, images: int) -> float:
-    """Images/s of `embed_prepared` over `images` images (rounded up to whole batches)."""
+    """Images/s of `embed_crops` over `images` images (rounded up to whole batches)."""
     work = batches(pool, batch_size, max(images, batch_size))
     with stopwatch() as watch:
         for batch in work:
-            embedder.embed_prepared(batch)
+            embedder.embed_crops(batch)
     return rate(sum(len(b) for b in work), watch.seconds)
 
 
@@ -36,7 +36,7 @@ def embed_rates(embedder: ClipEmbedder, pool: np.ndarray, batch_sizes: Sequence[
                 rounds: int = 4) -> dict[str, Any]:
     """Median images/s per batch size over `rounds` interleaved rounds of about images/rounds each."""
     for size in batch_sizes:
-        embedder.embed_prepared(batches(pool, size, size)[0])  # warm-up: allocator and kernels per shape
+        embedder.embed_crops(batches(pool, size, size)[0])  # warm-up: allocator and kernels per shape
     samples: dict[int, list[float]] = {size: [] for size in batch_sizes}
     for index in range(rounds):
         for size in batch_sizes if index % 2 == 0 else list(reversed(batch_sizes)):

@@ -28,7 +28,7 @@ def main() -> None:
     urls = args.urls.read_text().split()
     settings = fixture_settings(batch_size=args.batch_size)
     embedder = ClipEmbedder(args.model, "cpu")
-    embedder.embed_prepared(embedder.prepare(Image.new("RGB", (320, 320)))[None])  # warm up before the baseline
+    embedder.embed_crops(embedder.clip_input.crop(Image.new("RGB", (320, 320)))[None])  # warm up before the baseline
     baseline = proc_status_mb("VmRSS")
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as staging, stopwatch() as watch:
         result = collect(urls, settings, embedder, Path(staging), SilentProgress())

@@ -30,7 +30,7 @@ from bench.server import FIXTURE_OVERRIDES, ROOT, fixture_settings, served
 from bench.service import run_service_bench, service_ratios, unavailable
 from bench.timing import ratio, stopwatch
 from bench.versus_img2dataset import installed_version, ours, theirs, whole_build
-from common.pipeline.embed import ClipEmbedder
+from common.pipeline.embed import ClipEmbedder, model_input
 
 # Embed-only runs right before and after collect(): the same batch size under the same background load.
 BRACKET_IMAGES = 64
@@ -47,6 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode-images", type=int, default=1000, help="images for the decode+quality rate")
     parser.add_argument("--embed-images", type=int, default=128, help="images timed per batch size, over all rounds")
     parser.add_argument("--embed-rounds", type=int, default=4, help="interleaved rounds of the batch sizes")
+    parser.add_argument("--step-rounds", type=int, default=5, help="passes of the per-step timing; each step reports its median")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--batch-sizes", default="1,8,32,64")
     parser.add_argument("--e2e-images", type=int, default=500, help="candidates for the end-to-end collect() run")
@@ -122,10 +123,10 @@ class Suite:
         return self._embedder
 
     def pool(self) -> np.ndarray:
-        """64 prepared CLIP inputs from the corpus, cycled by the embedding benchmarks."""
+        """64 CLIP input crops from the corpus, cycled by the embedding benchmarks."""
         if self._pool is None:
             embedder = self.embedder()
-            self._pool = np.stack([embedder.prepare(Image.open(f).convert("RGB")) for f in self.files[:64]])
+            self._pool = np.stack([embedder.clip_input.crop(Image.open(f).convert("RGB")) for f in self.files[:64]])
         return self._pool
 
     def run(self, section: str, work: Callable[[], None]) -> None:
@@ -149,7 +150,9 @@ class Suite:
             stages[f"decode_quality_clip_prepare_processes_{workers}"] = decode_rate(
                 blobs[:500], settings, workers, clip, processes=True)
         processor = lambda image: embedder.processor(images=image, return_tensors="np")["pixel_values"][0]  # noqa: E731
-        stages["decode_steps_ms_per_image"] = step_times(blobs[:50], settings, clip.prepare, processor)
+        normalise = lambda crops: model_input(crops, clip, embedder.device, embedder.dtype)  # noqa: E731
+        stages["decode_steps_ms_per_image"] = step_times(blobs[:50], settings, clip.crop, normalise, processor,
+                                                         self.args.step_rounds)
 
     def embed(self) -> None:
         self.results["stages"]["embed"] = embed_rates(self.embedder(), self.pool(), ints(self.args.batch_sizes),
@@ -241,8 +244,8 @@ class Suite:
                      for n in sorted({1, self.args.decode_workers})]
         out["decode_processes_n_over_1"] = ratio(processes[-1], processes[0]) if len(processes) == 2 else None
         steps = stages.get("decode_steps_ms_per_image", {})
-        out["clip_prepare_pillow_over_processor_ms"] = ratio(steps.get("clip_prepare"),
-                                                             steps.get("clip_prepare_by_processor"))
+        ours = (steps.get("clip_crop") or 0) + (steps.get("clip_normalise_in_batch") or 0)
+        out["clip_prepare_pillow_over_processor_ms"] = ratio(ours or None, steps.get("clip_prepare_by_processor"))
         out["per_image_cpu_ms"] = steps.get("total")
         for size, row in embed.items():
             out[f"embed_batch_{size}_over_batch_1"] = ratio(row["images_per_s"], embed.get("1", {}).get("images_per_s"))

@@ -31,7 +31,7 @@ class Verdict:
 def verdicts(ratios: dict[str, Any]) -> list[Verdict]:
     return [
         Verdict("end_to_end_over_embed_only", ratios.get("end_to_end_over_embed_only"), ">=", 0.9,
-                "collect() embedded images/s over embed_prepared-only images/s at the same batch size"),
+                "collect() embedded images/s over embed_crops-only images/s at the same batch size"),
         Verdict("ours_over_img2dataset", ratios.get("ours_over_img2dataset"), ">=", 2.0,
                 "our download+decode/quality images/s over img2dataset's, same URLs and delay"),
         Verdict("whole_build_over_img2dataset", ratios.get("whole_build_over_img2dataset"), ">=", 1.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -320,8 +321,31 @@ def resolve_or_fail(out: Path, settings: Any) -> Path:
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    app()
+    """Run the command, then leave without the interpreter's teardown once torch is loaded: freeing
+    torch's and transformers' modules one by one takes about a second after the work is done.
+    Exit handlers (the decode pool's closing among them) still run and the output is flushed; every
+    command has finished its own threads and written its files before it returns."""
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exit_status(exc.code)
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def exit_status(code: object) -> int:
+    """The status SystemExit(code) gives: None is 0, a number itself, anything else is printed and 1."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

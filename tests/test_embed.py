@@ -119,23 +119,28 @@ SIZES = [(64, 64), (65, 64), (64, 65), (37, 100), (100, 37), (511, 383), (383, 5
 
 @pytest.mark.parametrize("processor_of", ["tiny", "vit-b-32"])
 def test_clip_input_is_the_image_processors_output(embedder: ClipEmbedder, processor_of: str) -> None:
-    """ClipInput makes CLIP's input with Pillow and numpy; it must equal the processor's, for the
-    tiny model (64 px) and for ViT-B/32's defaults (224 px), at every aspect and parity."""
+    """ClipInput crops with Pillow and numpy, and model_input rescales and normalises the crops in
+    torch; together they must equal the processor's output, for the tiny model (64 px) and for
+    ViT-B/32's defaults (224 px), at every aspect and parity."""
     from transformers import CLIPImageProcessor
 
     from common.pipeline.clip_input import ClipInput
+    from common.pipeline.embed import model_input
 
     processor = embedder.processor.image_processor if processor_of == "tiny" else CLIPImageProcessor()
     clip_input, rng = ClipInput.of(processor), np.random.default_rng(5)
     for width, height in SIZES:
         image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         expected = processor(images=image, return_tensors="np")["pixel_values"][0]
-        assert np.abs(clip_input.prepare(image) - expected).max() < 1e-5, (width, height)
+        crop = clip_input.crop(image)
+        assert crop.dtype == np.uint8 and crop.shape == expected.shape
+        ours = model_input(crop[None], clip_input, torch.device("cpu"), torch.float32)[0].numpy()
+        assert np.abs(ours - expected).max() < 1e-5, (width, height)
 
 
 def test_embeddings_from_clip_input_equal_the_processors(embedder: ClipEmbedder) -> None:
     images = [corpus.render(name, corpus.image_rng(3, name, 0)) for name in corpus.CLASSES]
-    ours = embedder.embed_prepared(np.stack([embedder.clip_input.prepare(im) for im in images]))
+    ours = embedder.embed_crops(np.stack([embedder.clip_input.crop(im) for im in images]))
     theirs = embedder.embed_prepared(embedder.processor(images=images, return_tensors="np")["pixel_values"])
     assert np.abs(ours - theirs).max() < 1e-5
 
@@ -168,7 +173,7 @@ class _Loading:
     def ready(self) -> bool:
         return self.loaded
 
-    def embed_prepared(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_crops(self, pixels: np.ndarray, share_cpu: bool = False) -> np.ndarray:
         self.batches.append(len(pixels))
         return np.ones((len(pixels), 4), np.float32)
 
@@ -195,4 +200,4 @@ def test_checked_images_wait_in_a_bounded_backlog_while_the_model_loads() -> Non
     batcher.flush()
     assert model.batches == [4, 4, 4, 4, 1]
     assert [s.url for s in result.staged] == [f"u{i}" for i in range(17)]
-    assert all(s.pixel_values is None for s in result.staged)
+    assert all(s.clip_crop is None for s in result.staged)

@@ -112,7 +112,7 @@ class CancelledMidway:
     def __init__(self, job_id: str) -> None:
         self.job_id, self.batches = job_id, 0
 
-    def embed_prepared(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_crops(self, pixels: np.ndarray) -> np.ndarray:
         self.batches += 1
         if self.batches == 1:
             with db.engine.begin() as connection:
@@ -125,8 +125,9 @@ class CancelledMidway:
         return {"device": "cpu"}
 
 
-def stage_for_embedding(job_id: str, images: int) -> None:
-    """Put `images` staged pictures in the job's staging folder with their candidate rows fetched."""
+def stage_for_embedding(job_id: str, images: int, crop: bool = True) -> None:
+    """Put `images` staged pictures in the job's staging folder with their candidate rows fetched
+    (without CLIP's input crop, as an older version staged them, unless `crop`)."""
     job = reload(job_id)
     folder = jobstate.staging_dir(job, jobstate.job_settings(job))
     rows = db.session.query(Candidate).filter_by(job_id=job_id).order_by(Candidate.rank).all()
@@ -134,7 +135,7 @@ def stage_for_embedding(job_id: str, images: int) -> None:
         sha = f"{i:016x}" * 4  # staged files are named by the first 16 characters
         fingerprint = Fingerprint(sha, i, np.zeros((8, 8), np.uint8), np.zeros((4, 4, 3), np.float32))
         staging.save(StagedImage(row.url, sha, folder / f"{staging.key(sha)}.jpg", 64, 64, "jpeg", {}, fingerprint,
-                                 np.zeros((3, 8, 8), np.float32)))
+                                 np.zeros((3, 8, 8), np.uint8) if crop else None))
         row.fetched, row.sha256 = True, sha
     db.session.commit()
 
@@ -148,6 +149,13 @@ def test_embedding_stops_at_a_cancel_that_arrives_between_batches(app: Flask) ->
     assert embedder.batches == 1
     folder = jobstate.staging_dir(reload(job_id), Settings(data_root=app.config["CVDB_SETTINGS"].data_root))
     assert len(list(folder.glob("*.clip.npy"))) == 2  # the first batch only
+
+
+def test_pictures_staged_without_a_crop_fail_the_embed_step_with_what_to_do(app: Flask) -> None:
+    job_id = make_job(stage="embed", chunks=3, options={"batch_size": 2})
+    stage_for_embedding(job_id, 3, crop=False)
+    with pytest.raises(jobstate.JobError, match="staged by an older version .* submit the job again"):
+        stages.run_embed(job_id, CancelledMidway(job_id))  # type: ignore[arg-type]
 
 
 def test_progress_sees_a_cancel_made_by_another_connection(app: Flask) -> None:

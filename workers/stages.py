@@ -254,8 +254,7 @@ def run_embed(job_id: str, embedder: ClipEmbedder) -> bool:
         if progress.cancelled():
             raise Cancelled("cancelled while embedding")
         batch = todo[start : start + size]
-        pixels = np.stack([staging.load(folder, sha, "", with_pixels=True).pixel_values for sha in batch])
-        for sha, vector in zip(batch, embedder.embed_prepared(pixels)):
+        for sha, vector in zip(batch, embedder.embed_crops(np.stack(_crops(folder, batch)))):
             staging.save_vector(folder, sha, vector)
         jobstate.heartbeat(job_id)
         db.session.commit()
@@ -263,6 +262,14 @@ def run_embed(job_id: str, embedder: ClipEmbedder) -> bool:
     return lifecycle.advance(job_id, Stage.EMBED, Stage.SELECT,
                              f"embedded {len(todo)} images in {seconds:.1f} s (batches of {size}, "
                              f"{embedder.describe()['device']}); removing copies, clustering, saving")
+
+
+def _crops(folder: Path, batch: list[str]) -> list[np.ndarray]:
+    crops = [staging.load(folder, sha, "", with_crop=True).clip_crop for sha in batch]
+    if any(crop is None for crop in crops):
+        raise JobError("this job's pictures were staged by an older version of the service, which kept no CLIP "
+                       "input crop; submit the job again")
+    return crops  # type: ignore[return-value]
 
 
 def run_select(job_id: str, embedder: ClipEmbedder) -> None:

@@ -42,7 +42,7 @@ class StagedImage:
     image_format: str
     scores: dict[str, float]
     fingerprint: Fingerprint
-    pixel_values: np.ndarray | None = field(default=None, repr=False)  # CLIP input, freed once embedded
+    clip_crop: np.ndarray | None = field(default=None, repr=False)  # CLIP input (uint8), freed once embedded
 
     @property
     def quality_rank(self) -> tuple[float, float]:
@@ -62,14 +62,14 @@ class Rejected:
 @dataclass(frozen=True)
 class Checked:
     """What the pure per-image work hands back (picklable: it crosses the decode pool's pipes,
-    so it holds only what staging needs; no pixels but CLIP's input)."""
+    so it holds only what staging needs; no pixels but CLIP's input crop)."""
 
     url: str
     width: int
     height: int
     scores: dict[str, float]
     fingerprint: Fingerprint = field(repr=False)
-    pixel_values: np.ndarray | None = field(default=None, repr=False)  # CLIP's input, made from the working copy
+    clip_crop: np.ndarray | None = field(default=None, repr=False)  # CLIP's input (uint8), made from the working copy
 
 
 def decode_for_checks(header: Image.Image, data: bytes, side: int) -> tuple[Image.Image, np.ndarray, tuple[int, int]]:
@@ -103,7 +103,7 @@ def check_download(url: str, data: bytes, settings: Settings, clip: ClipInput | 
         return Rejected(url, pixels.reason, pixels.detail or "", scores)
     work_image = Image.fromarray(work)
     return Checked(url, width, height, scores, fingerprint(image, work_image),
-                   clip.prepare(work_image) if clip else None)
+                   clip.crop(work_image) if clip else None)
 
 
 def stage_download(
@@ -132,7 +132,7 @@ def stage_download(
         image_format=image_format,
         scores=checked.scores,
         fingerprint=checked.fingerprint,
-        pixel_values=checked.pixel_values,
+        clip_crop=checked.clip_crop,
     )
 
 

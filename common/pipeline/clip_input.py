@@ -1,12 +1,11 @@
-"""CLIP's image input made with Pillow and numpy: the image processor's resize, centre crop,
-rescale and normalisation without its per-image Python, and without torch or transformers,
-so any thread or process can make it cheaply."""
+"""CLIP's image input made with Pillow and numpy: the image processor's resize and centre crop
+without its per-image Python, and without torch or transformers, so any thread or process can
+make it cheaply; the rescale and normalisation follow on the model's device, a batch at a time."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +60,10 @@ class ClipInput:
                    tuple(config.get("image_std", OPENAI_STD)), int(config.get("resample", Image.Resampling.BICUBIC)),
                    float(config.get("rescale_factor", 1 / 255)))
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """(3, crop_height, crop_width) float32, equal to the processor's pixel_values."""
+    def crop(self, image: Image.Image) -> np.ndarray:
+        """(3, crop_height, crop_width) uint8: the processor's resize and centre crop, channels first.
+        Its rescale and normalisation are left to the model's device (`embed.model_input`), so what
+        crosses the decode pool's pipes and waits in staging is a quarter of the float input's size."""
         image = image if image.mode == "RGB" else image.convert("RGB")
         width, height = image.size
         # The shorter side becomes shortest_edge; the longer keeps the aspect, rounded down.
@@ -73,15 +74,7 @@ class ClipInput:
         resized = image.resize(size, self.resample)
         top, left = (size[1] - self.crop_height) // 2, (size[0] - self.crop_width) // 2
         box = (left, top, left + self.crop_width, top + self.crop_height)
-        pixels = np.asarray(resized.crop(box))
-        return np.stack([self._levels[:, c][pixels[..., c]] for c in range(3)])
-
-    @cached_property
-    def _levels(self) -> np.ndarray:
-        """(256, 3) float32: each byte value rescaled and normalised per channel, the processor's
-        arithmetic done once per value instead of once per pixel."""
-        values = np.arange(256, dtype=np.float32)[:, None] * np.float32(self.rescale)
-        return (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(np.asarray(resized.crop(box)).transpose(2, 0, 1))
 
 
 def read_clip_input(model: str) -> ClipInput:

@@ -128,14 +128,17 @@ class _Embedder:
         if len(self.pending) >= self.batch_size and (self.embedder.ready() or len(self.pending) >= self.backlog):
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, last: bool = False) -> None:
         while self.pending:
+            # Keeping up (no second batch waiting), embedding shares the cores with busy decode
+            # workers; behind, or with the downloads over, they wait on it and it takes them all.
+            share_cpu = not last and len(self.pending) < 2 * self.batch_size
             batch, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size :]
             started = time.perf_counter()
-            vectors = self.embedder.embed_prepared(np.stack([s.pixel_values for s in batch]))
+            vectors = self.embedder.embed_crops(np.stack([s.clip_crop for s in batch]), share_cpu)
             self.result.embed_seconds += time.perf_counter() - started
             for staged in batch:
-                staged.pixel_values = None  # the staged download on disk is all that is kept
+                staged.clip_crop = None  # the staged download on disk is all that is kept
             self.result.staged.extend(batch)
             self.result.embeddings.append(vectors)
             self.progress.advance("embed", len(batch))
@@ -200,7 +203,7 @@ def collect(
             result.drop(item.url, item.reason, item.detail, **rejection_extra(item))
         else:
             batcher.add(item)
-    batcher.flush()
+    batcher.flush(last=True)
     for stage in ("download", "filter", "embed"):
         progress.finish(stage)
     return result

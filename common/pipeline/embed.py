@@ -12,7 +12,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from common.pipeline.clip_input import ClipInput, ModelLoadError, cannot_load
 
-__all__ = ["ClipEmbedder", "ModelLoadError", "load_processor", "pick_device"]
+__all__ = ["ClipEmbedder", "ModelLoadError", "load_processor", "model_input", "pick_device"]
 
 
 def pick_device(device: str) -> torch.device:
@@ -31,6 +31,15 @@ def _normalise(vectors: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(vectors, dim=-1).cpu().numpy().astype(np.float32)
 
 
+def model_input(crops: np.ndarray, clip: ClipInput, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 crops (N, 3, h, w) -> CLIP's pixel_values on `device` in `dtype`: rescaled and normalised
+    per channel in float32 there, as the image processor does, so bytes cross to a GPU, not floats."""
+    pixels = torch.from_numpy(np.ascontiguousarray(crops)).to(device).float()
+    mean = torch.tensor(clip.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(clip.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return ((pixels * clip.rescale - mean) / std).to(dtype)
+
+
 def load_processor(model: str) -> CLIPProcessor:
     try:
         return CLIPProcessor.from_pretrained(model)
@@ -39,7 +48,7 @@ def load_processor(model: str) -> CLIPProcessor:
 
 
 class ClipEmbedder:
-    """Loads the model once; `prepare` is thread-safe CPU work, `embed_prepared` runs the network."""
+    """Loads the model once; `clip_input.crop` is thread-safe CPU work, `embed_crops` runs the network."""
 
     def __init__(self, model: str, device: str = "auto") -> None:
         self.model_name = model
@@ -53,6 +62,7 @@ class ClipEmbedder:
         except (OSError, ValueError) as exc:
             raise cannot_load(model, exc) from exc
         self._text_encoders: dict[str, Any] = {}  # loaded once each, kept for later queries
+        self._threads = torch.get_num_threads()  # torch's own choice: one per core
 
     def ready(self) -> bool:
         """Loaded in the constructor: always ready (a LoadingEmbedder says otherwise while it loads)."""
@@ -63,18 +73,30 @@ class ClipEmbedder:
         """CLIP's learned temperature (100 for ViT-B/32): the scale its similarities are meant on."""
         return float(self.model.logit_scale.detach().float().exp().cpu())
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """Resize, crop and normalise one image, as the model's image processor does."""
-        return self.clip_input.prepare(image)
+    @torch.inference_mode()
+    def embed_crops(self, crops: np.ndarray, share_cpu: bool = False) -> np.ndarray:
+        """Unit vectors for a batch of `ClipInput.crop` outputs ((N, 3, h, w) uint8).
+
+        share_cpu: other processes (the decode workers) keep the cores busy meanwhile, so the CPU
+        runs it on one thread: more threads would only wait on each other and those processes."""
+        self._use_threads(1 if share_cpu else self._threads)
+        return self._embed(model_input(crops, self.clip_input, self.device, self.dtype))
+
+    def _use_threads(self, threads: int) -> None:
+        if self.device.type == "cpu" and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
     @torch.inference_mode()
     def embed_prepared(self, pixel_values: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(self.device, self.dtype)
+        """Unit vectors for pixel values already rescaled and normalised (the image processor's output)."""
+        return self._embed(torch.from_numpy(np.ascontiguousarray(pixel_values)).to(self.device, self.dtype))
+
+    def _embed(self, batch: torch.Tensor) -> np.ndarray:
         return _normalise(_features(self.model.get_image_features(pixel_values=batch)))
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         chunks = [
-            self.embed_prepared(np.stack([self.prepare(im) for im in images[i : i + batch_size]]))
+            self.embed_crops(np.stack([self.clip_input.crop(im) for im in images[i : i + batch_size]]))
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)

@@ -1,5 +1,5 @@
-"""The CLIP model (and the query's text encoder) loading in a thread while the search and the
-first downloads run.
+"""The CLIP model (and the query's text encoder, then the clustering library) loading in a thread
+while the search and the first downloads run.
 
 Importing torch and transformers and loading the weights take seconds; nothing before the first
 batch needs them. CLIP's input numbers are read from the model's JSON at once (no torch), so
@@ -8,6 +8,7 @@ downloads, checks and CLIP's input making start without waiting for the model.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,10 @@ class LoadingEmbedder:
             self._error = exc
         finally:
             self._done.set()
+        # Clustering comes after the overlapped pass, alone on one core: its library (a second and
+        # more to import) is better imported now. A failure is left to the import where it is used.
+        with contextlib.suppress(Exception):
+            import sklearn.cluster  # noqa: F401
 
     def ready(self) -> bool:
         """Whether using the model would start at once (loaded, or failed to)."""

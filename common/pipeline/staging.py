@@ -1,7 +1,7 @@
 """Staged images kept on disk between the service's tasks: fetch writes, embed and select read.
 
 Beside each staged download `<key>.download` (its bytes as they came) lie `<key>.json` (size, format, scores, hashes), `<key>.npz`
-(the fingerprint arrays and CLIP's prepared pixels) and, once embedded, `<key>.clip.npy`.
+(the fingerprint arrays and CLIP's input crop, uint8) and, once embedded, `<key>.clip.npy`.
 Every file is written atomically, so a task that dies mid-way leaves whole files or none.
 """
 
@@ -27,8 +27,8 @@ def save(staged: StagedImage) -> None:
     folder, name = staged.path.parent, key(staged.source_sha256)
     refuse_link(folder)  # a .staging swapped for a symlink would put files outside the data folder
     arrays = {"thumb": staged.fingerprint.thumb, "layout": staged.fingerprint.layout}
-    if staged.pixel_values is not None:
-        arrays["pixels"] = staged.pixel_values
+    if staged.clip_crop is not None:
+        arrays["crop"] = staged.clip_crop
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(folder / f"{name}.npz", buffer.getvalue(), durable=False)
@@ -43,17 +43,18 @@ def exists(folder: Path, source_sha256: str) -> bool:
     return (folder / f"{key(source_sha256)}.json").is_file()
 
 
-def load(folder: Path, source_sha256: str, url: str, with_pixels: bool = False) -> StagedImage:
+def load(folder: Path, source_sha256: str, url: str, with_crop: bool = False) -> StagedImage:
     """The staged image as the fetch task left it, credited to `url` (copies share one file)."""
     name = key(source_sha256)
     refuse_link(folder)  # select moves staged files into the dataset: never from outside the folder
     meta = json.loads((folder / f"{name}.json").read_text())
     with np.load(folder / f"{name}.npz") as arrays:
         fingerprint = Fingerprint(meta["pixel_hash"], int(meta["phash"]), arrays["thumb"], arrays["layout"])
-        pixels = arrays["pixels"] if with_pixels else None
+        # An older version staged normalised floats ("pixels") instead: those have no crop.
+        crop = arrays["crop"] if with_crop and "crop" in arrays else None
     return StagedImage(url=url, source_sha256=source_sha256, path=folder / f"{name}{DOWNLOAD_SUFFIX}", width=meta["width"],
                        height=meta["height"], image_format=meta["image_format"], scores=meta["scores"],
-                       fingerprint=fingerprint, pixel_values=pixels)
+                       fingerprint=fingerprint, clip_crop=crop)
 
 
 def save_vector(folder: Path, source_sha256: str, vector: np.ndarray) -> None:
