@@ -168,13 +168,14 @@ class _Loading:
     """An embedder whose model is still loading until `loaded` is set; counts its batches."""
 
     def __init__(self) -> None:
-        self.loaded, self.batches = False, []
+        self.loaded, self.batches, self.shared = False, [], []
 
     def ready(self) -> bool:
         return self.loaded
 
     def embed_crops(self, pixels: np.ndarray, share_cpu: bool = False) -> np.ndarray:
         self.batches.append(len(pixels))
+        self.shared.append(share_cpu)
         return np.ones((len(pixels), 4), np.float32)
 
 
@@ -201,3 +202,47 @@ def test_checked_images_wait_in_a_bounded_backlog_while_the_model_loads() -> Non
     assert model.batches == [4, 4, 4, 4, 1]
     assert [s.url for s in result.staged] == [f"u{i}" for i in range(17)]
     assert all(s.clip_crop is None for s in result.staged)
+
+
+def test_embedding_takes_every_core_only_while_it_holds_the_pass_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread while the decode workers fill batches slower than a batch embeds (they are busy);
+    every core while batches fill faster (they wait on it), for the first batch, and at the end."""
+    from common.pipeline import collect
+    from common.pipeline.accept import StagedImage
+    from common.pipeline.progress import SilentProgress
+
+    clock = [0.0]
+    monkeypatch.setattr(collect.time, "perf_counter", lambda: clock[0])
+    model = _Loading()
+    model.loaded = True
+
+    def timed(pixels: np.ndarray, share_cpu: bool = False) -> np.ndarray:
+        clock[0] += 0.1  # every batch takes 0.1 s to embed
+        return _Loading.embed_crops(model, pixels, share_cpu)
+
+    model.embed_crops = timed  # type: ignore[method-assign]
+    batcher = collect._Embedder(model, 2, collect.Collected(), SilentProgress())  # type: ignore[arg-type]
+
+    def arrive(count: int, every_s: float) -> None:
+        for i in range(count):
+            clock[0] += every_s
+            batcher.add(StagedImage(f"u{i}", f"{i:064x}", Path("x"), 1, 1, "jpeg", {}, None, np.zeros(3)))  # type: ignore[arg-type]
+
+    arrive(2, 0.0)  # the first batch: nothing known yet
+    arrive(4, 0.2)  # a batch fills in 0.4 s: the decode workers are the busy ones
+    arrive(4, 0.01)  # a batch fills in 0.02 s: they wait on embedding
+    arrive(1, 0.01)
+    batcher.flush(last=True)  # the downloads are over
+    assert model.shared == [False, True, True, False, False, False]
+
+
+def test_a_shared_cpu_embeds_on_one_thread_and_gives_the_cores_back(embedder: ClipEmbedder) -> None:
+    crops = np.stack([embedder.clip_input.crop(corpus.render(name, corpus.image_rng(4, name, 0)))
+                      for name in corpus.CLASSES])
+    threads = torch.get_num_threads()
+    alone = embedder.embed_crops(crops)
+    shared = embedder.embed_crops(crops, share_cpu=True)
+    assert torch.get_num_threads() == 1
+    assert np.abs(embedder.embed_crops(crops) - alone).max() < 1e-5
+    assert torch.get_num_threads() == threads
+    assert np.abs(shared - alone).max() < 1e-5

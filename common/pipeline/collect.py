@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import queue
 import threading
 import time
@@ -122,6 +123,8 @@ class _Embedder:
         self.embedder, self.batch_size, self.result, self.progress = embedder, batch_size, result, progress
         self.backlog = backlog * batch_size
         self.pending: list[StagedImage] = []
+        # When the last batch ended and how long it took; none yet, so the first takes every core.
+        self.last_end, self.last_seconds = time.perf_counter(), math.inf
 
     def add(self, staged: StagedImage) -> None:
         self.pending.append(staged)
@@ -130,13 +133,16 @@ class _Embedder:
 
     def flush(self, last: bool = False) -> None:
         while self.pending:
-            # Keeping up (no second batch waiting), embedding shares the cores with busy decode
-            # workers; behind, or with the downloads over, they wait on it and it takes them all.
-            share_cpu = not last and len(self.pending) < 2 * self.batch_size
-            batch, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size :]
             started = time.perf_counter()
+            # A batch that filled faster than the last one took to embed: embedding holds the pass
+            # back (the decode workers wait on it), so it takes every core. Otherwise they are busy
+            # and it shares the cores with them; with the downloads over, nothing else runs.
+            share_cpu = not last and started - self.last_end > self.last_seconds
+            batch, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size :]
             vectors = self.embedder.embed_crops(np.stack([s.clip_crop for s in batch]), share_cpu)
-            self.result.embed_seconds += time.perf_counter() - started
+            self.last_end = time.perf_counter()
+            self.last_seconds = self.last_end - started
+            self.result.embed_seconds += self.last_seconds
             for staged in batch:
                 staged.clip_crop = None  # the staged download on disk is all that is kept
             self.result.staged.extend(batch)

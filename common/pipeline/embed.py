@@ -37,7 +37,8 @@ def model_input(crops: np.ndarray, clip: ClipInput, device: torch.device, dtype:
     pixels = torch.from_numpy(np.ascontiguousarray(crops)).to(device).float()
     mean = torch.tensor(clip.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(clip.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return ((pixels * clip.rescale - mean) / std).to(dtype)
+    # In place: the same arithmetic, without three more batch-sized tensors to allocate and fault in.
+    return pixels.mul_(clip.rescale).sub_(mean).div_(std).to(dtype)
 
 
 def load_processor(model: str) -> CLIPProcessor:
