@@ -60,6 +60,7 @@ def build(
     model: Annotated[Optional[str], Opt(help="CLIP model: a Hugging Face name or a local folder saved with save_pretrained.")] = None,
     text_model: Annotated[Optional[str], Opt(help="What scores the query: auto (CLIP's own text tower for English, a multilingual encoder trained into CLIP's image space for any other language; the default), none (always CLIP's own), or a sentence-transformers encoder name or folder.")] = None,
     device: Annotated[Optional[str], Opt(help="auto (CUDA when present), cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[Optional[str], Opt(help="CLIP's number format: auto (float16 on CUDA, float32 on a CPU), float32, bfloat16 (about twice as fast on a CPU with native bfloat16: AVX512-BF16 or AMX), float16.")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Images per CLIP batch.")] = None,
     oversample: Annotated[Optional[float], Opt(help="Collect this many times --limit candidates: filters drop many.")] = None,
     eps: Annotated[Optional[float], Opt(help="DBSCAN radius in cosine distance (0.18 as the original).")] = None,
@@ -75,7 +76,7 @@ def build(
 
     Several queries give one dataset of classes (<class>/img_0001.jpg, classes.json); a picture is kept in one class at most."""
     settings = make_settings(
-        source=source, select=select, model=model, text_model=text_model, device=device, batch_size=batch_size,
+        source=source, select=select, model=model, text_model=text_model, device=device, dtype=dtype, batch_size=batch_size,
         oversample=oversample, eps=eps, min_samples=min_samples, min_side=min_side, min_sharpness=min_sharpness,
         near_duplicate_cosine=near_duplicate_cosine, allow_private_addresses=allow_private_addresses,
         class_margin=class_margin,
@@ -130,7 +131,7 @@ def run_build(spec: Any, out_dir: Path, settings: Any, listed: Any, overwrite: b
     try:
         # The model loads while the search and the first downloads run; the first batch waits for it.
         encoder = next((e for e in (query_encoder(label, settings) for label in spec.labels) if e), None)
-        embedder = LoadingEmbedder(settings.model, settings.device, encoder)
+        embedder = LoadingEmbedder(settings.model, settings.device, encoder, settings.dtype)
         err.print(f"Loading CLIP model {settings.model} in the background"
                   + (f", and the text encoder {encoder} for the query" if encoder else ""))
         examples = load_examples(spec.like, settings)  # a bad example fails before the search
@@ -207,6 +208,7 @@ def find(
     model: Annotated[Optional[str], Opt(help="The CLIP model the dataset was built with (default: CVDB_MODEL).")] = None,
     text_model: Annotated[Optional[str], Opt(help="auto, none or a sentence-transformers encoder, as for build.")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda ...")] = None,
+    dtype: Annotated[Optional[str], Opt(help="CLIP's number format: auto, float32, bfloat16, float16 (see cvdb build --help).")] = None,
 ) -> None:
     """Search a built dataset by text or by example pictures: one JSON line {file, score} per picture, best first."""
     import json
@@ -222,7 +224,7 @@ def find(
         search_vectors,
     )
 
-    settings = make_settings(model=model, text_model=text_model, device=device)
+    settings = make_settings(model=model, text_model=text_model, device=device, dtype=dtype)
     text = (text or "").strip()
     if not text and not like:
         fail("say what to look for: a text, --like PICTURE, or both", code=2)
@@ -231,7 +233,7 @@ def find(
         check_model(index, settings.model)
         examples = load_examples(like or [], settings)
         with err.status(f"Loading CLIP model {settings.model} ..."):
-            embedder = ClipEmbedder(settings.model, settings.device)
+            embedder = ClipEmbedder(settings.model, settings.device, settings.dtype)
         query = search_vectors(embedder, settings, text, examples)
     except (FindError, ExampleError, ModelLoadError) as exc:
         fail(str(exc))

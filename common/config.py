@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SelectMode = Literal["query", "largest"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 # Secrets and deployment addresses never go into a dataset's report.json.
@@ -76,6 +77,10 @@ class Settings(BaseSettings):
     # The encoder "auto" uses for non-English queries; unset: the one known for `model`.
     multilingual_text_model: str | None = None
     device: str = "auto"
+    # CLIP's number format: "auto" is float16 on CUDA and float32 on a CPU. "bfloat16" embeds about
+    # twice as fast on a CPU with native bfloat16 (AVX512-BF16 or AMX; cosine to float32 > 0.9999),
+    # and slower than float32 on one without.
+    dtype: Dtype = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     # The service's GPU worker embeds whole jobs: larger batches on CUDA (unset: 256 there,
     # batch_size on a CPU).

@@ -246,3 +246,14 @@ def test_a_shared_cpu_embeds_on_one_thread_and_gives_the_cores_back(embedder: Cl
     assert np.abs(embedder.embed_crops(crops) - alone).max() < 1e-5
     assert torch.get_num_threads() == threads
     assert np.abs(shared - alone).max() < 1e-5
+
+
+def test_bfloat16_embeddings_point_where_float32_ones_do(tiny_clip: Path) -> None:
+    """CVDB_DTYPE=bfloat16: the faster number format on a CPU with native bfloat16 keeps the directions."""
+    pictures = [corpus.render(name, corpus.image_rng(6, name, 0)) for name in corpus.CLASSES]
+    full = ClipEmbedder(str(tiny_clip), device="cpu")
+    half = ClipEmbedder(str(tiny_clip), device="cpu", dtype="bfloat16")
+    assert half.describe()["dtype"] == "bfloat16" and full.describe()["dtype"] == "float32"
+    cosines = (full.embed_images(pictures) * half.embed_images(pictures)).sum(axis=1)
+    assert cosines.min() > 0.999
+    assert (full.embed_texts(["a photo of a sunflower"]) * half.embed_texts(["a photo of a sunflower"])).sum() > 0.999

@@ -34,7 +34,7 @@ def embedder_for(job_id: str) -> ClipEmbedder:
 
 
 def _embedder(settings: Settings) -> ClipEmbedder:
-    key = (settings.model, settings.device)
+    key = (settings.model, settings.device, settings.dtype)
     if key not in _embedders:
         _embedders[key] = ClipEmbedder(*key)
     return _embedders[key]

@@ -22,9 +22,9 @@ class LoadingEmbedder:
     """Stands in for a ClipEmbedder from the moment it is made; any use beyond `clip_input`
     waits for the model (and raises its ModelLoadError, if loading failed)."""
 
-    def __init__(self, model: str, device: str = "auto", text_encoder: str | None = None) -> None:
+    def __init__(self, model: str, device: str = "auto", text_encoder: str | None = None, dtype: str = "auto") -> None:
         self.clip_input = read_clip_input(model)  # a wrong model name fails here, before the search
-        self._args, self._text_encoder = (model, device), text_encoder
+        self._args, self._text_encoder = (model, device, dtype), text_encoder
         self._done = threading.Event()
         self._embedder: ClipEmbedder | None = None
         self._error: BaseException | None = None
