@@ -57,6 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--img2dataset-processes", type=int, default=2)
     parser.add_argument("--img2dataset-threads", type=int, default=64, help="threads per img2dataset process")
     parser.add_argument("--device", default="auto", help="embedding device for the ViT-B/32 runs")
+    parser.add_argument("--dtype", default="auto", help="CLIP's number format for the ViT-B/32 runs (auto, float32, bfloat16, float16)")
     parser.add_argument("--service-images", type=int, default=300, help="service: images the fake Naver returns (per job)")
     parser.add_argument("--service-jobs", type=int, default=4, help="service: jobs submitted at once per worker count")
     parser.add_argument("--service-workers", default="1,2", help="service: CPU worker counts, one service start each")
@@ -116,7 +117,7 @@ class Suite:
         if self._embedder is None:
             with stopwatch() as watch:
                 path = models.ensure_random_clip(self.args.cache / "models", models.VIT_B32, self.args.seed)
-                self._embedder = ClipEmbedder(str(path), self.args.device)
+                self._embedder = ClipEmbedder(str(path), self.args.device, self.args.dtype)
             self.results["model"] = {"spec": models.NAMES[models.VIT_B32], "path": str(path), "load_seconds": round(watch.seconds, 2),
                                      "parameters": models.parameter_count(self._embedder.model), **self._embedder.describe()}
             log(f"model: {models.NAMES[models.VIT_B32]} on {self._embedder.device} ({watch.seconds:.1f} s to build/load)")
