@@ -60,7 +60,7 @@ def build(
     model: Annotated[Optional[str], Opt(help="CLIP model: a Hugging Face name or a local folder saved with save_pretrained.")] = None,
     text_model: Annotated[Optional[str], Opt(help="What scores the query: auto (CLIP's own text tower for English, a multilingual encoder trained into CLIP's image space for any other language; the default), none (always CLIP's own), or a sentence-transformers encoder name or folder.")] = None,
     device: Annotated[Optional[str], Opt(help="auto (CUDA when present), cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[Optional[str], Opt(help="CLIP's number format: auto (float16 on CUDA, float32 on a CPU), float32, bfloat16 (about twice as fast on a CPU with native bfloat16: AVX512-BF16 or AMX), float16.")] = None,
+    dtype: Annotated[Optional[str], Opt(help="CLIP's number format: auto (float16 on CUDA; bfloat16 on a CPU with native bfloat16, AVX512-BF16 or AMX, about twice as fast; float32 on other CPUs), float32, bfloat16, float16.")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Images per CLIP batch.")] = None,
     oversample: Annotated[Optional[float], Opt(help="Collect this many times --limit candidates: filters drop many.")] = None,
     eps: Annotated[Optional[float], Opt(help="DBSCAN radius in cosine distance (0.18 as the original).")] = None,

@@ -77,9 +77,8 @@ class Settings(BaseSettings):
     # The encoder "auto" uses for non-English queries; unset: the one known for `model`.
     multilingual_text_model: str | None = None
     device: str = "auto"
-    # CLIP's number format: "auto" is float16 on CUDA and float32 on a CPU. "bfloat16" embeds about
-    # twice as fast on a CPU with native bfloat16 (AVX512-BF16 or AMX; cosine to float32 > 0.9999),
-    # and slower than float32 on one without.
+    # CLIP's number format: "auto" is float16 on CUDA, bfloat16 on a CPU with native bfloat16
+    # (AVX512-BF16 or AMX: about twice as fast as float32, cosine to it > 0.9999), float32 on others.
     dtype: Dtype = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     # The service's GPU worker embeds whole jobs: larger batches on CUDA (unset: 256 there,

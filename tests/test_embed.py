@@ -41,11 +41,14 @@ def test_text_vectors_match_their_pictures(embedder: ClipEmbedder) -> None:
 
 
 def test_describe_names_model_device_and_scale(embedder: ClipEmbedder, tiny_clip: Path) -> None:
-    """`auto` is CUDA (in fp16) where torch sees a GPU, else the CPU (in fp32): right on either machine."""
-    on_gpu = torch.cuda.is_available()
+    """`auto` is CUDA (in fp16) where torch sees a GPU, else the CPU (in bf16 where it has native bf16,
+    else fp32): right on any machine."""
+    from common.pipeline.embed import native_bfloat16
+
+    on_cpu = ("cpu", "bfloat16" if native_bfloat16() else "float32")
     info = embedder.describe()
     assert info["model"] == str(tiny_clip)
-    assert (info["device"], info["dtype"]) == (("cuda", "float16") if on_gpu else ("cpu", "float32"))
+    assert (info["device"], info["dtype"]) == (("cuda", "float16") if torch.cuda.is_available() else on_cpu)
     assert info["logit_scale"] == pytest.approx(embedder.logit_scale, rel=1e-3) and embedder.logit_scale > 1
 
 
@@ -249,11 +252,24 @@ def test_a_shared_cpu_embeds_on_one_thread_and_gives_the_cores_back(embedder: Cl
 
 
 def test_bfloat16_embeddings_point_where_float32_ones_do(tiny_clip: Path) -> None:
-    """CVDB_DTYPE=bfloat16: the faster number format on a CPU with native bfloat16 keeps the directions."""
+    """bfloat16, the default on a CPU with native bfloat16, keeps float32's directions."""
     pictures = [corpus.render(name, corpus.image_rng(6, name, 0)) for name in corpus.CLASSES]
-    full = ClipEmbedder(str(tiny_clip), device="cpu")
+    full = ClipEmbedder(str(tiny_clip), device="cpu", dtype="float32")
     half = ClipEmbedder(str(tiny_clip), device="cpu", dtype="bfloat16")
     assert half.describe()["dtype"] == "bfloat16" and full.describe()["dtype"] == "float32"
     cosines = (full.embed_images(pictures) * half.embed_images(pictures)).sum(axis=1)
     assert cosines.min() > 0.999
     assert (full.embed_texts(["a photo of a sunflower"]) * half.embed_texts(["a photo of a sunflower"])).sum() > 0.999
+
+
+def test_auto_number_format_is_bfloat16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.pipeline import embed
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(embed, "native_bfloat16", lambda: True)
+    assert embed.pick_dtype(cpu, "auto") == torch.bfloat16
+    assert embed.pick_dtype(cuda, "auto") == torch.float16
+    assert embed.pick_dtype(cpu, "float32") == torch.float32
+    monkeypatch.setattr(embed, "native_bfloat16", lambda: False)
+    assert embed.pick_dtype(cpu, "auto") == torch.float32
+    assert embed.pick_dtype(cpu, "bfloat16") == torch.bfloat16
