@@ -246,9 +246,9 @@ def test_a_shared_cpu_embeds_on_one_thread_and_gives_the_cores_back(embedder: Cl
     alone = embedder.embed_crops(crops)
     shared = embedder.embed_crops(crops, share_cpu=True)
     assert torch.get_num_threads() == 1
-    assert np.abs(embedder.embed_crops(crops) - alone).max() < 1e-5
+    assert np.abs(embedder.embed_crops(crops) - alone).max() < 1e-4
     assert torch.get_num_threads() == threads
-    assert np.abs(shared - alone).max() < 1e-5
+    assert np.abs(shared - alone).max() < 1e-4
 
 
 def test_bfloat16_embeddings_point_where_float32_ones_do(tiny_clip: Path) -> None:
