@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -82,6 +83,7 @@ def test_saves_a_numbered_dataset_and_says_so(query_run: Run) -> None:
     assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=1e-2)
     for row in query_run.manifest:
         assert {"query", "file", "source", "url", "sha256", "width", "height", "cluster", "scores"} <= row.keys()
+        assert row["sha256"] == hashlib.sha256((query_run.out / row["file"]).read_bytes()).hexdigest()
         with Image.open(query_run.out / row["file"]) as image:
             assert image.format == "JPEG" and image.size == (row["width"], row["height"])
             assert not image.getexif()  # no original metadata survives

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ def test_planted_images_get_their_expected_outcome(name: str, tmp_path: Path) ->
         assert isinstance(result, StagedImage), getattr(result, "detail", "")
         assert result.path.read_bytes() == data  # staged as downloaded
         [exported] = encode_kept([result], SETTINGS)
-        assert exported.read_bytes()[:3] == b"\xff\xd8\xff"  # exported as JPEG whatever came in
+        jpeg = exported.path.read_bytes()
+        assert jpeg[:3] == b"\xff\xd8\xff"  # exported as JPEG whatever came in
+        assert exported.sha256 == hashlib.sha256(jpeg).hexdigest()
     else:
         assert isinstance(result, Rejected)
         assert result.reason == expected, result.detail

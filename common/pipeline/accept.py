@@ -6,6 +6,7 @@ candidates are dropped, and re-encoding each one was a large share of the per-im
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +58,14 @@ class Rejected:
     detail: str
     scores: dict[str, float] = field(default_factory=dict)
     sha256: str | None = None  # the downloaded bytes' digest, when there were bytes
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A kept picture's re-encoded JPEG in staging, and the sha256 of its bytes (the manifest's)."""
+
+    path: Path
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -147,21 +156,21 @@ def export_jpeg(url: str, data: bytes, settings: Settings) -> bytes | Rejected:
 
 
 def encode_kept(kept: Sequence[StagedImage], settings: Settings, pool: DecodePool | None = None,
-                done: Callable[[], None] = lambda: None) -> list[Path | Rejected]:
+                done: Callable[[], None] = lambda: None) -> list[Exported | Rejected]:
     """Each kept download exported (`export_jpeg`, in a `pool` worker when given) and written beside
     it in staging as `<key>.jpg`; a picture that fails now (its full decode is slower than the one
     the checks ran) comes back Rejected. Threads: each waits on a worker, or on Pillow without the
     GIL. `done` is called once per picture."""
-    def encode(image: StagedImage) -> Path | Rejected:
+    def encode(image: StagedImage) -> Exported | Rejected:
         data = image.path.read_bytes()
         jpeg = pool.export(image.url, data, settings) if pool else export_jpeg(image.url, data, settings)
         if isinstance(jpeg, Rejected):
             return jpeg
         path = image.path.with_suffix(".jpg")
         atomic_write(path, jpeg, durable=False)
-        return path
+        return Exported(path, hashlib.sha256(jpeg).hexdigest())  # hashed here, not read back for the manifest
 
-    results: list[Path | Rejected] = []
+    results: list[Exported | Rejected] = []
     with ThreadPoolExecutor(max(1, settings.decode_workers)) as threads:
         for result in threads.map(encode, kept):
             results.append(result)

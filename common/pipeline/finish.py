@@ -6,7 +6,6 @@ fetch and embed tasks, so both paths choose and write exactly the same way.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -21,7 +20,7 @@ import numpy as np
 from common.config import Settings
 from common.names import image_name
 from common.pipeline import export, select, splits
-from common.pipeline.accept import Rejected, StagedImage, encode_kept
+from common.pipeline.accept import Exported, Rejected, StagedImage, encode_kept
 from common.pipeline.classes import DatasetSpec
 from common.pipeline.cluster import Selection
 from common.pipeline.collect import Collected
@@ -90,13 +89,14 @@ def finish(
     return BuildResult(out_dir, len(kept), report)
 
 
-def _export_jpegs(kept: list[StagedImage], settings: Settings, collected: Collected, progress: Progress) -> dict[str, Path]:
+def _export_jpegs(kept: list[StagedImage], settings: Settings, collected: Collected,
+                  progress: Progress) -> dict[str, Exported]:
     """url -> the kept picture's re-encoded JPEG in staging, made in the decode workers under their
     time budget; one whose full decode fails or overruns is dropped with that reason."""
     progress.start("export", len(kept))
     results = encode_kept(kept, settings, shared_pool(settings.decode_workers), lambda: progress.advance("export"))
     progress.finish("export")
-    jpegs: dict[str, Path] = {}
+    jpegs: dict[str, Exported] = {}
     for image, result in zip(kept, results, strict=True):
         if isinstance(result, Rejected):
             collected.drop(image.url, result.reason, result.detail, sha256=image.source_sha256)
@@ -174,7 +174,7 @@ def _classes_json(report: dict[str, Any]) -> bytes:
 
 def _layout(
     spec: DatasetSpec, picked: select.Picked, kept: Kept, split_of: Mapping[int, str | None],
-    jpegs: Mapping[str, Path], by_url: Mapping[str, Candidate], staging: Path,
+    jpegs: Mapping[str, Exported], by_url: Mapping[str, Candidate], staging: Path,
 ) -> tuple[list[tuple[Path, str]], list[dict[str, Any]]]:
     """(staged file, its path in the dataset) pairs and the manifest rows, in the dataset's format."""
     numbers: Counter[tuple[str | None, int]] = Counter()
@@ -186,10 +186,11 @@ def _layout(
         name = image_name(numbers[(split_of[r], c)])
         if not spec.flat:
             name = "/".join(p for p in (split_of[r], choice.spec.folder, name) if p)
-        row = _manifest_row(choice, name, image, jpegs[image.url], by_url[image.url], float(picked.sims[r, c]))
+        jpeg = jpegs[image.url]
+        row = _manifest_row(choice, name, image, jpeg.sha256, by_url[image.url], float(picked.sims[r, c]))
         if not spec.flat:
             row["label"], row["split"] = choice.spec.label, split_of[r]
-        files.append((jpegs[image.url], name))
+        files.append((jpeg.path, name))
         rows.append(row)
     if spec.format == "imagefolder":
         return files, rows
@@ -214,7 +215,7 @@ def _formatted(spec: DatasetSpec, files: list[tuple[Path, str]], rows: list[dict
 
 
 def _manifest_row(
-    choice: select.ClassChoice, file: str, image: StagedImage, jpeg: Path, candidate: Candidate, query_similarity: float,
+    choice: select.ClassChoice, file: str, image: StagedImage, sha256: str, candidate: Candidate, query_similarity: float,
 ) -> dict[str, Any]:
     return {
         "query": choice.spec.label,
@@ -224,7 +225,7 @@ def _manifest_row(
         "source_page": candidate.source_page,
         "title": candidate.title,
         "rank": candidate.rank,
-        "sha256": hashlib.sha256(jpeg.read_bytes()).hexdigest(),
+        "sha256": sha256,
         "source_sha256": image.source_sha256,
         "source_format": image.image_format,
         "width": image.width,
